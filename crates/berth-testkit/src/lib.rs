@@ -1,0 +1,123 @@
+//! Dev-only helpers for end-to-end tests: the real `berth` binary on a loopback port with
+//! a temporary data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `berth serve` process. Killed (SIGKILL) on drop.
+pub struct TestServer {
+    child: Option<Child>,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    extra_config: String,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+}
+
+impl TestServer {
+    /// Starts `bin serve` on 127.0.0.1 with a fresh data directory. `extra_config` is TOML
+    /// appended after `[server]`/`[storage]` (it may add other tables).
+    pub fn start(bin: &str, extra_config: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer {
+            child: None,
+            bin: PathBuf::from(bin),
+            dir,
+            extra_config: extra_config.to_string(),
+            addr: String::new(),
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let config = self.dir.path().join("berth.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{listen}\"\nshutdown_timeout = \"5s\"\n[storage]\ndata_dir = \"{}\"\n{}\n",
+                self.data_dir().display(),
+                self.extra_config
+            ),
+        )
+        .expect("write config");
+        let mut child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("berth listening on http://") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("berth did not report its address within 60s");
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, then start again on the same port and data directory.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        let addr = self.addr.clone();
+        self.spawn(&addr);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
