@@ -1,0 +1,99 @@
+//! The registry domain: hosted repositories, their uploads, blobs, manifests, tags and
+//! referrers.
+//!
+//! Architecture invariant: this is the only crate that decides what is true. It knows
+//! nothing of HTTP; berth-http turns its results and [`RegistryError`]s into responses.
+
+mod blobs;
+mod error;
+mod manifests;
+pub mod metrics;
+mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use berth_oci::{DigestHasher, UploadId};
+use berth_store::{BlobStore, MetaStore};
+
+pub use blobs::BlobBody;
+pub use error::{RegistryError, Result};
+pub use manifests::{Listing, Pushed, StoredManifest};
+pub use metrics::RegistryMetrics;
+
+/// Seconds since the Unix epoch, injected so tests can move time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+pub struct Registry {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    metrics: RegistryMetrics,
+    /// Hash state of uploads between requests: (bytes hashed, state). Lost on restart,
+    /// then rebuilt from the upload area.
+    hashers: Mutex<HashMap<UploadId, (u64, DigestHasher)>>,
+    /// Uploads a request is writing to right now.
+    busy: Mutex<HashSet<UploadId>>,
+}
+
+impl Registry {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetaStore>,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+        metrics: RegistryMetrics,
+    ) -> Registry {
+        Registry {
+            blobs,
+            meta,
+            clock,
+            limits,
+            metrics,
+            hashers: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
+    }
+
+    /// Readiness: the metadata store answers and the blob store takes writes.
+    pub async fn ready(&self) -> Result<()> {
+        self.meta.ping().await?;
+        self.blobs.check_writable().await?;
+        Ok(())
+    }
+}

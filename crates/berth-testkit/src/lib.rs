@@ -121,3 +121,6 @@ impl Drop for TestServer {
         self.kill();
     }
 }
+
+pub mod clients;
+pub mod images;

@@ -1,1 +1,68 @@
-fn main() {}
+//! berth: a self-healing container registry in one binary. This crate is glue: commands,
+//! configuration, wiring.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_TOML};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A self-healing container registry in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry (with the embedded defaults unless --config is given).
+    Serve {
+        /// A TOML configuration file; keys it leaves out take their default.
+        #[arg(long, short, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Show or check configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration, with a comment on every key.
+    Default,
+    /// Check a configuration file: unknown keys and bad values are reported with their path.
+    Check { file: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => config
+            .as_deref()
+            .map(Config::load)
+            .unwrap_or_else(|| Ok(Config::default()))
+            .and_then(serve::run),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Config::load(&file).map(|_| println!("{}: ok", file.display())),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

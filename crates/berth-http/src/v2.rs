@@ -1,0 +1,449 @@
+//! `/v2`: one dispatcher over the grammar in berth-oci, one handler per endpoint.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_oci::media::{self, header as oh};
+use berth_oci::route::path;
+use berth_oci::{Digest, ErrorCode, Reference, RepoName, Route, UploadId};
+use berth_registry::{BlobBody, Listing, RegistryError};
+use berth_store::ByteRange;
+use serde_json::json;
+
+use crate::App;
+use crate::error::{ApiError, at_upload};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
+    let mut resp = match handle(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut()
+        .insert(oh::API_VERSION, HeaderValue::from_static(oh::API_VERSION_VALUE));
+    resp
+}
+
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn of(req: &Request) -> Params {
+        Params(
+            Query::<HashMap<String, String>>::try_from_uri(req.uri())
+                .map(|q| q.0)
+                .unwrap_or_default(),
+        )
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn digest(&self, k: &str) -> Result<Option<Digest>> {
+        self.get(k)
+            .map(|s| {
+                s.parse::<Digest>()
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))
+            })
+            .transpose()
+    }
+
+    fn n(&self) -> Result<Option<u32>> {
+        self.get("n")
+            .map(|s| {
+                s.parse::<u32>().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::PaginationNumberInvalid,
+                        format!("n={s:?} is not a number of entries (0 to 4294967295)"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+async fn handle(app: &App, req: Request) -> Result<Response> {
+    let p = req.uri().path();
+    let rest = match p.strip_prefix("/v2/") {
+        Some(rest) => rest,
+        None => "",
+    };
+    let route = Route::parse(rest)?;
+    let m = req.method().clone();
+    let params = Params::of(&req);
+    use Method as M;
+    match (route, &m) {
+        (Route::Base, &M::GET | &M::HEAD) => Ok(json_response(StatusCode::OK, &json!({}))),
+        (Route::Catalog, &M::GET) => catalog(app, &params).await,
+        (Route::TagsList(name), &M::GET) => tags(app, &name, &params).await,
+        (Route::Manifest(name, r), &M::GET) => get_manifest(app, &name, &r, false).await,
+        (Route::Manifest(name, r), &M::HEAD) => get_manifest(app, &name, &r, true).await,
+        (Route::Manifest(name, r), &M::PUT) => put_manifest(app, &name, &r, req).await,
+        (Route::Manifest(name, r), &M::DELETE) => {
+            app.registry.delete_manifest(&name, &r).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        (Route::Blob(name, d), &M::GET) => get_blob(app, &name, &d, req.headers()).await,
+        (Route::Blob(name, d), &M::HEAD) => head_blob(app, &name, &d).await,
+        (Route::Blob(name, d), &M::DELETE) => {
+            app.registry.delete_blob(&name, &d).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        (Route::UploadStart(name), &M::POST) => start_upload(app, &name, &params, req).await,
+        (Route::Upload(name, id), &M::GET) => {
+            let size = app.registry.upload_status(&name, &id).await?;
+            Ok(upload_state(StatusCode::NO_CONTENT, &name, &id, size))
+        }
+        (Route::Upload(name, id), &M::PATCH) => patch_upload(app, &name, &id, req).await,
+        (Route::Upload(name, id), &M::PUT) => put_upload(app, &name, &id, &params, req).await,
+        (Route::Upload(name, id), &M::DELETE) => {
+            app.registry
+                .cancel_upload(&name, &id)
+                .await
+                .map_err(|e| at_upload(e, &name, &id))?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (Route::Referrers(name, d), &M::GET) => referrers(app, &name, &d, &params).await,
+        (route, m) => Err(ApiError::unsupported(m, endpoint_name(&route))),
+    }
+}
+
+fn endpoint_name(r: &Route) -> &'static str {
+    match r {
+        Route::Base => "/v2/",
+        Route::Catalog => "the catalog",
+        Route::TagsList(_) => "the tags list",
+        Route::Manifest(..) => "manifests",
+        Route::Blob(..) => "blobs",
+        Route::UploadStart(_) => "the uploads endpoint (start an upload with POST)",
+        Route::Upload(..) => "an upload",
+        Route::Referrers(..) => "the referrers list",
+    }
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(v).expect("JSON values serialize");
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn set(r: &mut Response, name: impl axum::http::header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+fn next_link(r: &mut Response, base: &str, listing: &Listing, n: Option<u32>) {
+    if let (true, Some(last)) = (listing.more, listing.items.last()) {
+        let n = n.map(|n| format!("n={n}&")).unwrap_or_default();
+        set(r, header::LINK, &format!("<{base}?{n}last={last}>; rel=\"next\""));
+    }
+}
+
+async fn catalog(app: &App, params: &Params) -> Result<Response> {
+    let n = params.n()?;
+    let listing = app.registry.catalog(n, params.get("last")).await?;
+    let mut r = json_response(StatusCode::OK, &json!({"repositories": listing.items}));
+    next_link(&mut r, path::CATALOG, &listing, n);
+    Ok(r)
+}
+
+async fn tags(app: &App, name: &RepoName, params: &Params) -> Result<Response> {
+    let n = params.n()?;
+    let listing = app.registry.tags(name, n, params.get("last")).await?;
+    let mut r = json_response(StatusCode::OK, &json!({"name": name.as_str(), "tags": listing.items}));
+    next_link(&mut r, &path::tags(name), &listing, n);
+    Ok(r)
+}
+
+async fn get_manifest(app: &App, name: &RepoName, r: &Reference, head: bool) -> Result<Response> {
+    let m = app.registry.get_manifest(name, r).await?;
+    let len = m.body.len();
+    let mut resp = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(m.body))
+    };
+    let digest = m.digest.to_string();
+    set(&mut resp, header::CONTENT_TYPE, &m.media_type);
+    set(&mut resp, header::CONTENT_LENGTH, &len.to_string());
+    set(&mut resp, oh::CONTENT_DIGEST, &digest);
+    set(&mut resp, header::ETAG, &format!("\"{digest}\""));
+    if let Some(s) = &m.subject {
+        set(&mut resp, oh::OCI_SUBJECT, &s.to_string());
+    }
+    Ok(resp)
+}
+
+async fn put_manifest(app: &App, name: &RepoName, r: &Reference, req: Request) -> Result<Response> {
+    let limit = app.registry.limits().max_manifest_bytes;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&s| s > limit) {
+        return Err(RegistryError::ManifestTooLarge { size, limit }.into());
+    }
+    let body = axum::body::to_bytes(req.into_body(), limit as usize)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .map(|s| s.to_string().contains("length limit"))
+                .unwrap_or(false)
+                || e.to_string().contains("length limit");
+            if too_large {
+                ApiError::from(RegistryError::ManifestTooLarge { size: limit + 1, limit })
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ManifestInvalid,
+                    format!("the manifest body could not be read: {e}"),
+                )
+            }
+        })?;
+    let pushed = app
+        .registry
+        .put_manifest(name, r, content_type.as_deref(), &body)
+        .await?;
+    let mut resp = empty(StatusCode::CREATED);
+    let digest = pushed.digest.to_string();
+    set(&mut resp, header::LOCATION, &path::manifest(name, &digest));
+    set(&mut resp, oh::CONTENT_DIGEST, &digest);
+    if let Some(s) = pushed.subject {
+        set(&mut resp, oh::OCI_SUBJECT, &s.to_string());
+    }
+    Ok(resp)
+}
+
+/// `Range: bytes=a-b | a- | -n`. Syntax we do not serve (several ranges, other units) is
+/// ignored, as RFC 9110 allows; a range outside the blob is 416.
+fn parse_range(h: Option<&HeaderValue>, size: u64) -> std::result::Result<Option<ByteRange>, RegistryError> {
+    let Some(spec) = h.and_then(|v| v.to_str().ok()).and_then(|s| s.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let unsatisfiable = RegistryError::RangeInvalid { size };
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else { return Ok(None) };
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable);
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let Ok(start) = a.parse::<u64>() else { return Ok(None) };
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            let Ok(end) = b.parse::<u64>() else { return Ok(None) };
+            if end < start {
+                return Ok(None);
+            }
+            end.min(size.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if start >= size {
+        return Err(unsatisfiable);
+    }
+    Ok(Some(ByteRange { start, end }))
+}
+
+fn blob_headers(r: &mut Response, digest: &Digest, len: u64) {
+    let d = digest.to_string();
+    set(r, header::CONTENT_LENGTH, &len.to_string());
+    set(r, header::CONTENT_TYPE, "application/octet-stream");
+    set(r, oh::CONTENT_DIGEST, &d);
+    set(r, header::ETAG, &format!("\"{d}\""));
+    set(r, header::ACCEPT_RANGES, "bytes");
+    set(r, header::CACHE_CONTROL, "max-age=31536000, immutable");
+}
+
+async fn head_blob(app: &App, name: &RepoName, d: &Digest) -> Result<Response> {
+    let size = app.registry.blob_size(name, d).await?;
+    let mut r = Response::new(Body::empty());
+    blob_headers(&mut r, d, size);
+    Ok(r)
+}
+
+async fn get_blob(app: &App, name: &RepoName, d: &Digest, headers: &HeaderMap) -> Result<Response> {
+    let range_header = headers.get(header::RANGE);
+    let (size, range, body) = app
+        .registry
+        .open_blob(name, d, |size| parse_range(range_header, size))
+        .await?;
+    let body = match body {
+        BlobBody::Stream(read) => Body::from_stream(read.body),
+        BlobBody::Inline(bytes) => Body::from(bytes),
+    };
+    let mut r = Response::new(body);
+    match range {
+        Some(range) => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            blob_headers(&mut r, d, range.len());
+            set(
+                &mut r,
+                header::CONTENT_RANGE,
+                &format!("bytes {}-{}/{size}", range.start, range.end),
+            );
+        }
+        None => blob_headers(&mut r, d, size),
+    }
+    Ok(r)
+}
+
+fn upload_state(status: StatusCode, name: &RepoName, id: &UploadId, size: u64) -> Response {
+    let mut r = empty(status);
+    set(&mut r, header::LOCATION, &path::upload(name, id));
+    set(&mut r, header::RANGE, &format!("0-{}", size.saturating_sub(1)));
+    set(&mut r, oh::UPLOAD_UUID, id.as_str());
+    r
+}
+
+fn blob_created(name: &RepoName, d: &Digest) -> Response {
+    let mut r = empty(StatusCode::CREATED);
+    set(&mut r, header::LOCATION, &path::blob(name, d));
+    set(&mut r, oh::CONTENT_DIGEST, &d.to_string());
+    r
+}
+
+fn body_stream(req: Request) -> impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
+    req.into_body().into_data_stream()
+}
+
+async fn start_upload(app: &App, name: &RepoName, params: &Params, req: Request) -> Result<Response> {
+    if let Some(d) = params.digest("mount")? {
+        let from = params
+            .get("from")
+            .map(|f| f.parse::<RepoName>())
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, e.to_string()))?;
+        if app.registry.mount(name, &d, from.as_ref()).await?.is_some() {
+            return Ok(blob_created(name, &d));
+        }
+        // Nothing to mount: the spec says to open an ordinary upload session instead.
+    } else if let Some(d) = params.digest("digest")? {
+        app.registry.upload_monolithic(name, &d, body_stream(req)).await?;
+        return Ok(blob_created(name, &d));
+    }
+    let id = app.registry.start_upload(name).await?;
+    Ok(upload_state(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+/// `Content-Range: <start>-<end>` (OCI), also accepted with a `bytes ` prefix.
+fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::BlobUploadInvalid,
+            format!("Content-Range {v:?} is not of the form <start>-<end>"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s.strip_prefix("bytes").map(|s| s.trim_start_matches([' ', '='])).unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    Ok(Some((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    )))
+}
+
+async fn patch_upload(app: &App, name: &RepoName, id: &UploadId, req: Request) -> Result<Response> {
+    let range = content_range(req.headers())?;
+    let size = app
+        .registry
+        .upload_chunk(name, id, range, body_stream(req))
+        .await
+        .map_err(|e| at_upload(e, name, id))?;
+    Ok(upload_state(StatusCode::ACCEPTED, name, id, size))
+}
+
+async fn put_upload(app: &App, name: &RepoName, id: &UploadId, params: &Params, req: Request) -> Result<Response> {
+    let Some(d) = params.digest("digest")? else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            "completing an upload needs ?digest=<algorithm>:<hex> naming the blob's digest",
+        ));
+    };
+    app.registry
+        .finish_upload(name, id, &d, body_stream(req))
+        .await
+        .map_err(|e| at_upload(e, name, id))?;
+    Ok(blob_created(name, &d))
+}
+
+async fn referrers(app: &App, name: &RepoName, d: &Digest, params: &Params) -> Result<Response> {
+    let filter = params.get("artifactType");
+    let manifests = app.registry.referrers(name, d, filter).await?;
+    let mut r = json_response(
+        StatusCode::OK,
+        &json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests}),
+    );
+    set(&mut r, header::CONTENT_TYPE, media::OCI_INDEX);
+    if filter.is_some() {
+        set(&mut r, oh::OCI_FILTERS_APPLIED, "artifactType");
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(h: &str, size: u64, expect: &str) {
+        let v = HeaderValue::from_str(h).unwrap();
+        let got = match parse_range(Some(&v), size) {
+            Ok(Some(r)) => format!("{}-{}", r.start, r.end),
+            Ok(None) => "whole".into(),
+            Err(_) => "416".into(),
+        };
+        assert_eq!(got, expect, "Range {h:?} on {size} bytes");
+    }
+
+    #[test]
+    fn ranges() {
+        check("bytes=0-9", 100, "0-9");
+        check("bytes=90-", 100, "90-99");
+        check("bytes=90-200", 100, "90-99");
+        check("bytes=-10", 100, "90-99");
+        check("bytes=-200", 100, "0-99");
+        check("bytes=100-", 100, "416");
+        check("bytes=-0", 100, "416");
+        check("bytes=0-0", 0, "416");
+        check("bytes=5-1", 100, "whole");
+        check("bytes=0-1,5-6", 100, "whole");
+        check("items=0-1", 100, "whole");
+        check("bytes=x-1", 100, "whole");
+    }
+}

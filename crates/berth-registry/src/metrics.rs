@@ -1,0 +1,50 @@
+//! Counters the domain keeps. Registered into an explicit prometheus-client registry, so
+//! several servers in one process each count their own.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry as PromRegistry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabel {
+    pub problem: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct RegistryMetrics {
+    /// Blob reads refused because the bytes were missing or of the wrong size.
+    pub blob_read_errors: Family<ProblemLabel, Counter>,
+    pub uploads_expired: Counter,
+    pub digest_mismatches: Counter,
+    pub blobs_committed: Counter,
+    pub bytes_committed: Counter,
+    pub manifests_pushed: Counter,
+}
+
+impl RegistryMetrics {
+    pub fn register(&self, r: &mut PromRegistry) {
+        r.register(
+            "berth_blob_read_errors",
+            "Blob reads refused because stored bytes were missing or of the wrong size",
+            self.blob_read_errors.clone(),
+        );
+        r.register(
+            "berth_uploads_expired",
+            "Upload sessions removed after being idle too long",
+            self.uploads_expired.clone(),
+        );
+        r.register(
+            "berth_digest_mismatches",
+            "Uploads refused because their bytes did not hash to the digest given",
+            self.digest_mismatches.clone(),
+        );
+        r.register("berth_blobs_committed", "Blobs committed by uploads", self.blobs_committed.clone());
+        r.register(
+            "berth_blob_bytes_committed",
+            "Bytes committed by uploads",
+            self.bytes_committed.clone(),
+        );
+        r.register("berth_manifests_pushed", "Manifests accepted", self.manifests_pushed.clone());
+    }
+}

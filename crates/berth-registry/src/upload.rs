@@ -1,0 +1,218 @@
+//! Uploads: sessions that receive bytes in one or more requests and become blobs once
+//! their digest is verified.
+
+use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
+use berth_store::UploadRow;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::{Registry, RegistryError, Result};
+
+/// Releases an upload's busy mark when a request ends, however it ends.
+struct BusyGuard<'a> {
+    registry: &'a Registry,
+    id: UploadId,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.registry.busy.lock().unwrap().remove(&self.id);
+    }
+}
+
+impl Registry {
+    /// Opens an upload session in `repo`.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadId> {
+        let id = UploadId::parse(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid upload id");
+        self.blobs.create_upload(&id).await?;
+        self.meta.create_upload(&id, repo, self.clock.now()).await?;
+        Ok(id)
+    }
+
+    async fn upload_row(&self, repo: &RepoName, id: &UploadId) -> Result<UploadRow> {
+        match self.meta.upload(id).await? {
+            Some(row) if row.repo == *repo => Ok(row),
+            _ => Err(RegistryError::UploadUnknown(id.clone())),
+        }
+    }
+
+    /// Bytes received so far.
+    pub async fn upload_status(&self, repo: &RepoName, id: &UploadId) -> Result<u64> {
+        Ok(self.upload_row(repo, id).await?.size)
+    }
+
+    fn claim(&self, id: &UploadId) -> Result<BusyGuard<'_>> {
+        if !self.busy.lock().unwrap().insert(id.clone()) {
+            return Err(RegistryError::UploadInvalid(format!(
+                "another request is writing to upload {id}; send chunks one at a time"
+            )));
+        }
+        Ok(BusyGuard {
+            registry: self,
+            id: id.clone(),
+        })
+    }
+
+    /// Appends a body to the upload; returns the new size and hash state.
+    async fn append<S, E>(&self, row: &UploadRow, body: S) -> Result<(u64, DigestHasher)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let cached = self.hashers.lock().unwrap().remove(&row.id);
+        let hasher = match cached {
+            Some((n, h)) if n == row.size => h,
+            _ => {
+                self.blobs
+                    .hash_upload(&row.id, row.size, DigestHasher::new(Algorithm::Sha256))
+                    .await?
+            }
+        };
+        let mut sink = self.blobs.append(&row.id, row.size, hasher).await?;
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                RegistryError::UploadInvalid(format!(
+                    "the request body ended early ({e}); the upload still holds {} bytes, resume from there",
+                    row.size
+                ))
+            })?;
+            sink.write(chunk).await.map_err(berth_store::StoreError::from)?;
+        }
+        let (size, hasher) = sink.finish().await.map_err(berth_store::StoreError::from)?;
+        Ok((size, hasher))
+    }
+
+    /// Appends one chunk (PATCH). `range` is the request's Content-Range, if it sent one.
+    pub async fn upload_chunk<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        range: Option<(u64, u64)>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let _busy = self.claim(id)?;
+        let row = self.upload_row(repo, id).await?;
+        if let Some((start, end)) = range {
+            if start != row.size {
+                return Err(RegistryError::UploadOutOfOrder {
+                    id: id.clone(),
+                    expected: row.size,
+                    got: start,
+                });
+            }
+            if end < start {
+                return Err(RegistryError::SizeInvalid(format!(
+                    "Content-Range {start}-{end} ends before it starts"
+                )));
+            }
+        }
+        let (size, hasher) = self.append(&row, body).await?;
+        if let Some((start, end)) = range {
+            let got = size - row.size;
+            if got != end - start + 1 {
+                return Err(RegistryError::SizeInvalid(format!(
+                    "Content-Range {start}-{end} announced {} bytes but the body had {got}",
+                    end - start + 1
+                )));
+            }
+        }
+        self.meta.set_upload_size(id, size, self.clock.now()).await?;
+        self.hashers.lock().unwrap().insert(id.clone(), (size, hasher));
+        Ok(size)
+    }
+
+    /// Completes an upload (PUT ?digest=), with an optional last chunk. The bytes become a
+    /// blob only if they hash to `digest`.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let _busy = self.claim(id)?;
+        let row = self.upload_row(repo, id).await?;
+        let (size, mut hasher) = self.append(&row, body).await?;
+        if digest.algorithm() != hasher.algorithm() {
+            hasher = self
+                .blobs
+                .hash_upload(id, size, DigestHasher::new(digest.algorithm()))
+                .await?;
+        }
+        let actual = hasher.finish();
+        if actual != *digest {
+            self.metrics.digest_mismatches.inc();
+            self.cancel_upload_row(id).await?;
+            return Err(RegistryError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.blobs.commit_upload(id, digest).await?;
+        self.meta
+            .commit_blob(repo, digest, size, Some(id), self.clock.now())
+            .await?;
+        self.metrics.blobs_committed.inc();
+        self.metrics.bytes_committed.inc_by(size);
+        Ok(size)
+    }
+
+    /// A whole blob in one request (POST ?digest=).
+    pub async fn upload_monolithic<S, E>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = self.start_upload(repo).await?;
+        let result = self.finish_upload(repo, &id, digest, body).await;
+        if result.is_err() {
+            // A one-shot upload cannot be resumed; don't leave it behind.
+            let _ = self.cancel_upload_row(&id).await;
+        }
+        result
+    }
+
+    /// Cancels an upload (DELETE).
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        let _busy = self.claim(id)?;
+        self.upload_row(repo, id).await?;
+        self.cancel_upload_row(id).await
+    }
+
+    async fn cancel_upload_row(&self, id: &UploadId) -> Result<()> {
+        self.hashers.lock().unwrap().remove(id);
+        self.meta.delete_upload(id).await?;
+        self.blobs.abort_upload(id).await?;
+        Ok(())
+    }
+
+    /// Cross-repository mount: links a blob already held elsewhere into `repo`.
+    /// Returns its size, or `None` when there is nothing to mount.
+    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+        Ok(self.meta.link_blob(repo, digest, from, self.clock.now()).await?)
+    }
+
+    /// Removes upload sessions idle for longer than `max_idle_secs`; returns how many.
+    pub async fn expire_uploads(&self, max_idle_secs: i64) -> Result<usize> {
+        let ids = self.meta.uploads_idle_since(self.clock.now() - max_idle_secs).await?;
+        let mut n = 0;
+        for id in ids {
+            if self.busy.lock().unwrap().contains(&id) {
+                continue;
+            }
+            self.cancel_upload_row(&id).await?;
+            self.metrics.uploads_expired.inc();
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,64 @@
+//! The blob store: immutable bytes addressed by digest, and upload areas that become blobs.
+
+use async_trait::async_trait;
+use berth_oci::{Digest, DigestHasher, UploadId};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::Result;
+
+/// An inclusive byte range `[start, end]` within a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// An open blob: the size of the whole blob as stored, and a stream of the requested bytes.
+/// The stream ends with an error (never early) if the bytes on disk turn out shorter.
+pub struct BlobRead {
+    pub size: u64,
+    pub body: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+/// Writes appended to an upload area, hashed as they pass.
+#[async_trait]
+pub trait BlobSink: Send {
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()>;
+    /// Flushes and returns the upload's total size and the hash state over all its bytes.
+    async fn finish(self: Box<Self>) -> std::io::Result<(u64, DigestHasher)>;
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Creates an empty upload area.
+    async fn create_upload(&self, id: &UploadId) -> Result<()>;
+    /// Opens an upload area for appending at `offset` (anything after it, left by an
+    /// interrupted request, is discarded). `hasher` covers bytes `[0, offset)`.
+    async fn append(&self, id: &UploadId, offset: u64, hasher: DigestHasher) -> Result<Box<dyn BlobSink>>;
+    /// Re-hashes the first `len` bytes of an upload area (after a restart).
+    async fn hash_upload(&self, id: &UploadId, len: u64, hasher: DigestHasher) -> Result<DigestHasher>;
+    /// Makes the upload durable and moves it into place as `digest`. The caller has
+    /// verified the digest; after this returns the bytes survive a crash.
+    async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> Result<()>;
+    /// Drops an upload area (missing is fine).
+    async fn abort_upload(&self, id: &UploadId) -> Result<()>;
+    /// Size of the stored blob, if its bytes exist.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Opens a blob for reading, all of it or one range. `None` if the bytes are missing.
+    async fn open(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<BlobRead>>;
+    /// Deletes a blob's bytes (missing is fine).
+    async fn delete(&self, digest: &Digest) -> Result<()>;
+    /// Proves the store can take writes now (for readiness).
+    async fn check_writable(&self) -> Result<()>;
+}

@@ -1,0 +1,128 @@
+//! The metadata store: what exists, split by concern. Every write that belongs together
+//! is one transaction inside an implementation.
+
+use async_trait::async_trait;
+use berth_oci::{Digest, ManifestRef, RepoName, Tag, UploadId};
+
+use crate::Result;
+
+#[derive(Clone, Debug)]
+pub struct UploadRow {
+    pub id: UploadId,
+    pub repo: RepoName,
+    pub size: u64,
+    pub started_at: i64,
+    pub last_activity: i64,
+}
+
+/// A manifest to record, with everything it references.
+pub struct NewManifest<'a> {
+    pub repo: &'a RepoName,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a Digest>,
+    /// The manifest's annotations as JSON, for the referrers API.
+    pub annotations: Option<String>,
+    pub body: &'a [u8],
+    pub refs: &'a [ManifestRef],
+    pub tag: Option<&'a Tag>,
+    pub now: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PutManifest {
+    Stored,
+    /// Nothing was written: these required references are not present in the repository.
+    Missing(Vec<Digest>),
+}
+
+#[derive(Clone, Debug)]
+pub struct ManifestRow {
+    pub digest: Digest,
+    pub media_type: String,
+    pub subject: Option<Digest>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    /// JSON object, as stored.
+    pub annotations: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeleteManifest {
+    Deleted,
+    NotFound,
+    /// Refused: an index in the same repository lists this manifest as a child.
+    ReferencedBy(Digest),
+}
+
+#[async_trait]
+pub trait BlobMeta: Send + Sync {
+    /// Records committed bytes, links them into `repo` and, when given, closes the upload
+    /// that produced them; one transaction.
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        upload: Option<&UploadId>,
+        now: i64,
+    ) -> Result<()>;
+    /// Size of a blob visible in `repo` (linked there).
+    async fn repo_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
+    /// Size of a blob known anywhere in the registry.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Links a known blob into `repo`: from `from` if given (it must be linked there), else
+    /// from anywhere. Returns the size, or `None` when there was nothing to link.
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        now: i64,
+    ) -> Result<Option<u64>>;
+    /// Removes a blob's link from `repo`; the bytes stay until garbage collection.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+}
+
+#[async_trait]
+pub trait ManifestMeta: Send + Sync {
+    /// Stores a manifest, its references and its tag, only if every required reference is
+    /// present in the repository; one transaction.
+    async fn put_manifest(&self, m: NewManifest<'_>) -> Result<PutManifest>;
+    async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRow>>;
+    async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>>;
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Deletes a manifest, its references and every tag pointing at it.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<DeleteManifest>;
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool>;
+    /// Tag names after `last` in lexical order, at most `limit`.
+    async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+    /// Names of repositories holding at least one manifest, after `last`, at most `limit`.
+    async fn repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+    async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>)
+    -> Result<Vec<Referrer>>;
+}
+
+#[async_trait]
+pub trait UploadMeta: Send + Sync {
+    async fn create_upload(&self, id: &UploadId, repo: &RepoName, now: i64) -> Result<()>;
+    async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>>;
+    async fn set_upload_size(&self, id: &UploadId, size: u64, now: i64) -> Result<()>;
+    async fn delete_upload(&self, id: &UploadId) -> Result<bool>;
+    /// Uploads with no activity since `before`.
+    async fn uploads_idle_since(&self, before: i64) -> Result<Vec<UploadId>>;
+}
+
+#[async_trait]
+pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta {
+    /// Proves the store answers (for readiness).
+    async fn ping(&self) -> Result<()>;
+}

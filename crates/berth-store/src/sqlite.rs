@@ -1,0 +1,462 @@
+//! The embedded metadata store: SQLite in WAL mode through sqlx.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, RepoName, Tag, UploadId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::meta::*;
+use crate::{Result, StoreError};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS blobs(
+        digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created_at INTEGER NOT NULL,
+        last_access INTEGER, verified_at INTEGER)",
+    "CREATE TABLE IF NOT EXISTS repositories(
+        name TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'hosted', upstream TEXT,
+        created_at INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS repo_blobs(
+        repo TEXT NOT NULL, digest TEXT NOT NULL, created_at INTEGER NOT NULL,
+        PRIMARY KEY(repo, digest))",
+    "CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs(digest)",
+    "CREATE TABLE IF NOT EXISTS manifests(
+        repo TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL,
+        artifact_type TEXT, subject TEXT, annotations TEXT, size INTEGER NOT NULL,
+        body BLOB NOT NULL, pushed_at INTEGER NOT NULL, last_pulled INTEGER,
+        PRIMARY KEY(repo, digest))",
+    "CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repo, subject) WHERE subject IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS manifest_refs(
+        repo TEXT NOT NULL, parent TEXT NOT NULL, child TEXT NOT NULL, kind TEXT NOT NULL,
+        PRIMARY KEY(repo, parent, child, kind))",
+    "CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs(repo, child)",
+    "CREATE TABLE IF NOT EXISTS tags(
+        repo TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL,
+        updated_at INTEGER NOT NULL, upstream_checked_at INTEGER,
+        PRIMARY KEY(repo, name))",
+    "CREATE INDEX IF NOT EXISTS tags_digest ON tags(repo, digest)",
+    "CREATE TABLE IF NOT EXISTS uploads(
+        id TEXT PRIMARY KEY, repo TEXT NOT NULL, size INTEGER NOT NULL,
+        started_at INTEGER NOT NULL, last_activity INTEGER NOT NULL)",
+];
+
+pub struct SqliteMeta {
+    pool: SqlitePool,
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+impl SqliteMeta {
+    /// Opens (creating) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteMeta> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed push survives power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await?;
+        }
+        Ok(SqliteMeta { pool })
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        // IMMEDIATE takes the write lock up front, so a read-then-write transaction never
+        // fails half way on a lock upgrade.
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &RepoName, now: i64) -> Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO repositories(name, kind, created_at) VALUES (?, 'hosted', ?)")
+        .bind(repo.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn manifest_row(row: sqlx::sqlite::SqliteRow) -> Result<ManifestRow> {
+    let subject: Option<String> = row.get(2);
+    Ok(ManifestRow {
+        digest: parse_digest(row.get(0))?,
+        media_type: row.get(1),
+        subject: subject.as_deref().map(parse_digest).transpose()?,
+        body: row.get(3),
+    })
+}
+
+#[async_trait]
+impl BlobMeta for SqliteMeta {
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        upload: Option<&UploadId>,
+        now: i64,
+    ) -> Result<()> {
+        let d = digest.to_string();
+        let mut tx = self.write_tx().await?;
+        ensure_repo(&mut tx, repo, now).await?;
+        sqlx::query("INSERT OR IGNORE INTO blobs(digest, size, created_at) VALUES (?, ?, ?)")
+            .bind(&d)
+            .bind(size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT OR IGNORE INTO repo_blobs(repo, digest, created_at) VALUES (?, ?, ?)")
+            .bind(repo.as_str())
+            .bind(&d)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(id) = upload {
+            sqlx::query("DELETE FROM uploads WHERE id = ?")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn repo_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM repo_blobs r JOIN blobs b ON b.digest = r.digest WHERE r.repo = ? AND r.digest = ?",
+        )
+        .bind(repo.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT size FROM blobs WHERE digest = ?")
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        now: i64,
+    ) -> Result<Option<u64>> {
+        let d = digest.to_string();
+        let mut tx = self.write_tx().await?;
+        let size: Option<i64> = match from {
+            Some(from) => sqlx::query_scalar(
+                "SELECT b.size FROM repo_blobs r JOIN blobs b ON b.digest = r.digest WHERE r.repo = ? AND r.digest = ?",
+            )
+            .bind(from.as_str())
+            .bind(&d)
+            .fetch_optional(&mut *tx)
+            .await?,
+            None => sqlx::query_scalar("SELECT size FROM blobs WHERE digest = ?")
+                .bind(&d)
+                .fetch_optional(&mut *tx)
+                .await?,
+        };
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        ensure_repo(&mut tx, repo, now).await?;
+        sqlx::query("INSERT OR IGNORE INTO repo_blobs(repo, digest, created_at) VALUES (?, ?, ?)")
+            .bind(repo.as_str())
+            .bind(&d)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(size as u64))
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?")
+            .bind(repo.as_str())
+            .bind(digest.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl ManifestMeta for SqliteMeta {
+    async fn put_manifest(&self, m: NewManifest<'_>) -> Result<PutManifest> {
+        let repo = m.repo.as_str();
+        let d = m.digest.to_string();
+        let mut tx = self.write_tx().await?;
+        let mut missing = Vec::new();
+        for r in m.refs.iter().filter(|r| r.required) {
+            let present: Option<i64> = if r.kind == berth_oci::RefKind::Manifest {
+                sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?")
+            } else {
+                sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?")
+            }
+            .bind(repo)
+            .bind(r.digest.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if present.is_none() && !missing.contains(&r.digest) {
+                missing.push(r.digest.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(PutManifest::Missing(missing));
+        }
+        ensure_repo(&mut tx, m.repo, m.now).await?;
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO manifests(repo, digest, media_type, artifact_type, subject, annotations, size, body, pushed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(repo)
+        .bind(&d)
+        .bind(m.media_type)
+        .bind(m.artifact_type)
+        .bind(m.subject.map(|s| s.to_string()))
+        .bind(m.annotations.as_deref())
+        .bind(m.body.len() as i64)
+        .bind(m.body)
+        .bind(m.now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            for r in m.refs {
+                sqlx::query("INSERT OR IGNORE INTO manifest_refs(repo, parent, child, kind) VALUES (?, ?, ?, ?)")
+                    .bind(repo)
+                    .bind(&d)
+                    .bind(r.digest.to_string())
+                    .bind(r.kind.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if let Some(tag) = m.tag {
+            sqlx::query(
+                "INSERT INTO tags(repo, name, digest, updated_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT(repo, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo)
+            .bind(tag.as_str())
+            .bind(&d)
+            .bind(m.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(PutManifest::Stored)
+    }
+
+    async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRow>> {
+        sqlx::query("SELECT digest, media_type, subject, body FROM manifests WHERE repo = ? AND digest = ?")
+            .bind(repo.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(manifest_row)
+            .transpose()
+    }
+
+    async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>> {
+        sqlx::query(
+            "SELECT m.digest, m.media_type, m.subject, m.body FROM tags t
+             JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest
+             WHERE t.repo = ? AND t.name = ?",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(manifest_row)
+        .transpose()
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM tags WHERE repo = ? AND name = ?")
+            .bind(repo.as_str())
+            .bind(tag.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<DeleteManifest> {
+        let (repo, d) = (repo.as_str(), digest.to_string());
+        let mut tx = self.write_tx().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?")
+            .bind(repo)
+            .bind(&d)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(DeleteManifest::NotFound);
+        }
+        let parent: Option<String> = sqlx::query_scalar(
+            "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind = 'manifest' LIMIT 1",
+        )
+        .bind(repo)
+        .bind(&d)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(p) = parent {
+            return Ok(DeleteManifest::ReferencedBy(parse_digest(&p)?));
+        }
+        for stmt in [
+            "DELETE FROM tags WHERE repo = ? AND digest = ?",
+            "DELETE FROM manifest_refs WHERE repo = ? AND parent = ?",
+            "DELETE FROM manifests WHERE repo = ? AND digest = ?",
+        ] {
+            sqlx::query(stmt).bind(repo).bind(&d).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(DeleteManifest::Deleted)
+    }
+
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
+        let r: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = ?")
+            .bind(repo.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM tags WHERE repo = ? AND name > ? ORDER BY name LIMIT ?")
+                .bind(repo.as_str())
+                .bind(last.unwrap_or(""))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM repositories r WHERE name > ?
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo = r.name) ORDER BY name LIMIT ?",
+        )
+        .bind(last.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests
+             WHERE repo = ? AND subject = ? AND (? IS NULL OR artifact_type = ?) ORDER BY digest",
+        )
+        .bind(repo.as_str())
+        .bind(subject.to_string())
+        .bind(artifact_type)
+        .bind(artifact_type)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: parse_digest(r.get(0))?,
+                    media_type: r.get(1),
+                    size: r.get::<i64, _>(2) as u64,
+                    artifact_type: r.get(3),
+                    annotations: r.get(4),
+                })
+            })
+            .collect()
+    }
+}
+
+
+#[async_trait]
+impl UploadMeta for SqliteMeta {
+    async fn create_upload(&self, id: &UploadId, repo: &RepoName, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO uploads(id, repo, size, started_at, last_activity) VALUES (?, ?, 0, ?, ?)")
+            .bind(id.as_str())
+            .bind(repo.as_str())
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>> {
+        let row = sqlx::query("SELECT repo, size, started_at, last_activity FROM uploads WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let repo: String = r.get(0);
+            Ok(UploadRow {
+                id: id.clone(),
+                repo: repo
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("stored repository name {repo:?}: {e}")))?,
+                size: r.get::<i64, _>(1) as u64,
+                started_at: r.get(2),
+                last_activity: r.get(3),
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_upload_size(&self, id: &UploadId, size: u64, now: i64) -> Result<()> {
+        sqlx::query("UPDATE uploads SET size = ?, last_activity = ? WHERE id = ?")
+            .bind(size as i64)
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM uploads WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn uploads_idle_since(&self, before: i64) -> Result<Vec<UploadId>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM uploads WHERE last_activity < ?")
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.iter().filter_map(|s| UploadId::parse(s)).collect())
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteMeta {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! `berth serve`: wiring stores, domain and HTTP, then serving until a signal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_http::{App, HttpMetrics};
+use berth_registry::{Registry, RegistryMetrics, SystemClock};
+use berth_store::fs::FsBlobStore;
+use berth_store::sqlite::SqliteMeta;
+use prometheus_client::registry::Registry as PromRegistry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(&config.server.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+/// A listener on `addr`; an IPv6 wildcard also accepts IPv4 (dual-stack), whatever the
+/// system's `bindv6only` default says.
+fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    socket.listen(1024)?;
+    Ok(tokio::net::TcpListener::from_std(socket.into())?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let data = &config.storage.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
+    let blobs = FsBlobStore::open(data)
+        .await
+        .with_context(|| format!("opening blob store in {}", data.display()))?;
+    let meta = SqliteMeta::open(&data.join("berth.db"))
+        .await
+        .with_context(|| format!("opening metadata in {}", data.join("berth.db").display()))?;
+
+    let mut prometheus = PromRegistry::default();
+    let registry_metrics = RegistryMetrics::default();
+    registry_metrics.register(&mut prometheus);
+    let http_metrics = HttpMetrics::default();
+    http_metrics.register(&mut prometheus);
+
+    let registry = Arc::new(Registry::new(
+        Arc::new(blobs),
+        Arc::new(meta),
+        Arc::new(SystemClock),
+        berth_registry::Limits {
+            max_manifest_bytes: config.limits.max_manifest_bytes,
+        },
+        registry_metrics,
+    ));
+    let app = App {
+        registry: registry.clone(),
+        metrics: http_metrics,
+        prometheus: Arc::new(prometheus),
+    };
+
+    tokio::spawn(expire_uploads(registry.clone(), config.uploads.clone()));
+
+    let listener = listen(config.server.listen)?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %data.display(), "berth serving");
+    // The line tests and scripts wait for.
+    println!("berth listening on http://{addr}");
+    std::io::stdout().flush().ok();
+
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, berth_http::router(app))
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, timeout = ?config.server.shutdown_timeout, "stopping: no new connections, finishing in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.server.shutdown_timeout, server).await {
+        Ok(_) => tracing::info!("stopped"),
+        Err(_) => tracing::warn!("in-flight requests did not finish within the shutdown timeout; exiting anyway"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+async fn expire_uploads(registry: Arc<Registry>, cfg: crate::config::Uploads) {
+    let mut tick = tokio::time::interval(cfg.expire_interval);
+    loop {
+        tick.tick().await;
+        match registry.expire_uploads(cfg.expire_after.as_secs() as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "removed idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "could not expire idle uploads"),
+        }
+    }
+}
