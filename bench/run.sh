@@ -244,29 +244,48 @@ log "berth binary: ${BERTH:-none}"
 # 1. test data
 # ---------------------------------------------------------------------------------------------
 mkdir -p "$WORK/data" "$WORK/chunks"
-sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
-gen() { # FILE MIB -> prints sha256 hex (random data written and hashed in one pass)
-    head -c "$(($2 * 1048576))" /dev/urandom | tee "$1" | sha256sum | awk '{ print $1 }'
+# Random data comes from `openssl rand` (userspace AES-CTR DRBG, ~5x faster than /dev/urandom
+# here) and digests from `openssl dgst` (~2x faster than coreutils sha256sum); both fall back to
+# /dev/urandom and sha256sum. Files are made by up to 2 background jobs (one per core).
+if command -v openssl >/dev/null; then
+    sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
+    rand_file() { # in <= 256 MiB pieces (openssl rand takes an int)
+        local left=$2 n
+        while ((left > 0)); do n=$((left > 268435456 ? 268435456 : left)); openssl rand "$n"; left=$((left - n)); done >"$1"
+    }
+else
+    sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
+    rand_file() { head -c "$2" /dev/urandom >"$1"; }
+fi
+gen_bg() { # FILE BYTES: in the background, write random data to FILE and its digest to FILE.sha256
+    while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done
+    (rand_file "$1" "$2" && sha_file "$1" >"$1.sha256.tmp" && mv "$1.sha256.tmp" "$1.sha256") &
+}
+gen_hex() { # FILE BYTES -> digest hex made by gen_bg (after `wait`)
+    local h
+    h=$(cat "$1.sha256" 2>/dev/null || true)
+    [[ ${#h} == 64 && $(stat -c %s "$1" 2>/dev/null) == "$2" ]] || die "generating $1 failed"
+    printf '%s' "$h"
 }
 t_gen=$(now)
 log "generating test data in $WORK (${BLOB_MIB} MiB x2, ${PAR_N} x ${PAR_MIB} MiB) ..."
 BIG=$WORK/data/big.bin
-BIG_HEX=$(gen "$BIG" "$BLOB_MIB")
-BIG_SIZE=$(stat -c %s "$BIG")
-# chunked-push blob: a different random blob, generated directly as CHUNK_MIB pieces
-CHUNKED_SIZE=$((BLOB_MIB * 1048576))
-CHUNKED_HEX=$(head -c "$CHUNKED_SIZE" /dev/urandom | tee >(split -b "$((CHUNK_MIB * 1048576))" -d -a 5 - "$WORK/chunks/c-") | sha256sum | awk '{ print $1 }')
-for ((i = 0; i < 100; i++)); do # the split in the process substitution may lag a moment
-    [[ $(cat "$WORK"/chunks/c-* 2>/dev/null | wc -c) == "$CHUNKED_SIZE" ]] && break
-    sleep 0.1
-done
-mapfile -t CHUNKS < <(ls "$WORK"/chunks/c-* | sort)
-declare -a PAR_FILES=() PAR_HEX=()
-for ((i = 0; i < PAR_N; i++)); do
-    PAR_FILES+=("$WORK/data/par-$i.bin")
-    PAR_HEX+=("$(gen "$WORK/data/par-$i.bin" "$PAR_MIB")")
-done
+BIG_SIZE=$((BLOB_MIB * 1048576))
+CHUNKED=$WORK/data/chunked.bin # a second, different blob for the chunked push
+CHUNKED_SIZE=$BIG_SIZE
 PAR_SIZE=$((PAR_MIB * 1048576))
+declare -a PAR_FILES=() PAR_HEX=()
+for ((i = 0; i < PAR_N; i++)); do PAR_FILES+=("$WORK/data/par-$i.bin"); done
+gen_bg "$BIG" "$BIG_SIZE"
+gen_bg "$CHUNKED" "$CHUNKED_SIZE"
+for f in "${PAR_FILES[@]}"; do gen_bg "$f" "$PAR_SIZE"; done
+wait
+BIG_HEX=$(gen_hex "$BIG" "$BIG_SIZE")
+CHUNKED_HEX=$(gen_hex "$CHUNKED" "$CHUNKED_SIZE")
+for f in "${PAR_FILES[@]}"; do PAR_HEX+=("$(gen_hex "$f" "$PAR_SIZE")"); done
+split -b "$((CHUNK_MIB * 1048576))" -d -a 5 "$CHUNKED" "$WORK/chunks/c-"
+rm -f "$CHUNKED"
+mapfile -t CHUNKS < <(ls "$WORK"/chunks/c-* | sort)
 # a small OCI image: one 4 KiB layer + config + manifest
 LAYER=$WORK/data/layer.bin
 head -c 4096 /dev/urandom >"$LAYER"

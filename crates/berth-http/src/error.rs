@@ -47,7 +47,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"errors": [{"code": self.code.as_str(), "message": self.message, "detail": self.detail}]});
+        let body =
+            json!({"errors": [{"code": self.code.as_str(), "message": self.message, "detail": self.detail}]});
         let body = serde_json::to_vec(&body).expect("JSON values serialize");
         let mut resp = (
             self.status,
@@ -70,11 +71,15 @@ impl From<RouteError> for ApiError {
         let msg = e.to_string();
         match e {
             RouteError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, msg),
-            RouteError::UploadId(_) => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, msg),
+            RouteError::UploadId(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown, msg)
+            }
             RouteError::Name(NameError::Digest(_)) => {
                 ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, msg)
             }
-            RouteError::Name(NameError::BadTag(_)) => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::TagInvalid, msg),
+            RouteError::Name(NameError::BadTag(_)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::TagInvalid, msg)
+            }
             RouteError::Name(_) => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, msg),
         }
     }
@@ -87,12 +92,18 @@ impl From<RegistryError> for ApiError {
         use StatusCode as S;
         let msg = e.to_string();
         match e {
-            E::BlobUnknown(d) => ApiError::new(S::NOT_FOUND, C::BlobUnknown, msg).detail(json!({"digest": d})),
-            E::BlobDamaged(d) => ApiError::new(S::NOT_FOUND, C::BlobUnknown, msg).detail(json!({"digest": d})),
+            E::BlobUnknown(d) => {
+                ApiError::new(S::NOT_FOUND, C::BlobUnknown, msg).detail(json!({"digest": d}))
+            }
+            E::BlobDamaged(d) => {
+                ApiError::new(S::NOT_FOUND, C::BlobUnknown, msg).detail(json!({"digest": d}))
+            }
             E::UploadUnknown(_) => ApiError::new(S::NOT_FOUND, C::BlobUploadUnknown, msg),
             E::UploadInvalid(_) => ApiError::new(S::BAD_REQUEST, C::BlobUploadInvalid, msg),
-            E::UploadOutOfOrder { expected, .. } => ApiError::new(S::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid, msg)
-                .header("range", format!("0-{}", expected.saturating_sub(1))),
+            E::UploadOutOfOrder { expected, .. } => {
+                ApiError::new(S::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid, msg)
+                    .header("range", format!("0-{}", expected.saturating_sub(1)))
+            }
             E::DigestMismatch { expected, actual } => ApiError::new(S::BAD_REQUEST, C::DigestInvalid, msg)
                 .detail(json!({"expected": expected, "actual": actual})),
             E::SizeInvalid(_) => ApiError::new(S::BAD_REQUEST, C::SizeInvalid, msg),
@@ -120,7 +131,10 @@ impl From<RegistryError> for ApiError {
 
 /// Errors about an upload say where the upload is, so a client can ask for its state.
 pub fn at_upload(e: RegistryError, name: &berth_oci::RepoName, id: &berth_oci::UploadId) -> ApiError {
-    let keep_session = matches!(e, RegistryError::UploadOutOfOrder { .. } | RegistryError::UploadInvalid(_));
+    let keep_session = matches!(
+        e,
+        RegistryError::UploadOutOfOrder { .. } | RegistryError::UploadInvalid(_)
+    );
     let api = ApiError::from(e);
     if keep_session {
         api.header("location", path::upload(name, id))

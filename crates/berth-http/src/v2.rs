@@ -46,8 +46,9 @@ impl Params {
     fn digest(&self, k: &str) -> Result<Option<Digest>> {
         self.get(k)
             .map(|s| {
-                s.parse::<Digest>()
-                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))
+                s.parse::<Digest>().map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string())
+                })
             })
             .transpose()
     }
@@ -167,7 +168,10 @@ async fn catalog(app: &App, params: &Params) -> Result<Response> {
 async fn tags(app: &App, name: &RepoName, params: &Params) -> Result<Response> {
     let n = params.n()?;
     let listing = app.registry.tags(name, n, params.get("last")).await?;
-    let mut r = json_response(StatusCode::OK, &json!({"name": name.as_str(), "tags": listing.items}));
+    let mut r = json_response(
+        StatusCode::OK,
+        &json!({"name": name.as_str(), "tags": listing.items}),
+    );
     next_link(&mut r, &path::tags(name), &listing, n);
     Ok(r)
 }
@@ -213,7 +217,10 @@ async fn put_manifest(app: &App, name: &RepoName, r: &Reference, req: Request) -
                 .unwrap_or(false)
                 || e.to_string().contains("length limit");
             if too_large {
-                ApiError::from(RegistryError::ManifestTooLarge { size: limit + 1, limit })
+                ApiError::from(RegistryError::ManifestTooLarge {
+                    size: limit + 1,
+                    limit,
+                })
             } else {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -239,7 +246,10 @@ async fn put_manifest(app: &App, name: &RepoName, r: &Reference, req: Request) -
 /// `Range: bytes=a-b | a- | -n`. Syntax we do not serve (several ranges, other units) is
 /// ignored, as RFC 9110 allows; a range outside the blob is 416.
 fn parse_range(h: Option<&HeaderValue>, size: u64) -> std::result::Result<Option<ByteRange>, RegistryError> {
-    let Some(spec) = h.and_then(|v| v.to_str().ok()).and_then(|s| s.trim().strip_prefix("bytes=")) else {
+    let Some(spec) = h
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
         return Ok(None);
     };
     if spec.contains(',') {
@@ -257,11 +267,15 @@ fn parse_range(h: Option<&HeaderValue>, size: u64) -> std::result::Result<Option
         }
         (size.saturating_sub(n), size - 1)
     } else {
-        let Ok(start) = a.parse::<u64>() else { return Ok(None) };
+        let Ok(start) = a.parse::<u64>() else {
+            return Ok(None);
+        };
         let end = if b.is_empty() {
             size.saturating_sub(1)
         } else {
-            let Ok(end) = b.parse::<u64>() else { return Ok(None) };
+            let Ok(end) = b.parse::<u64>() else {
+                return Ok(None);
+            };
             if end < start {
                 return Ok(None);
             }
@@ -369,7 +383,10 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>> {
         )
     };
     let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s.strip_prefix("bytes").map(|s| s.trim_start_matches([' ', '='])).unwrap_or(s);
+    let s = s
+        .strip_prefix("bytes")
+        .map(|s| s.trim_start_matches([' ', '=']))
+        .unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     Ok(Some((
@@ -388,7 +405,13 @@ async fn patch_upload(app: &App, name: &RepoName, id: &UploadId, req: Request) -
     Ok(upload_state(StatusCode::ACCEPTED, name, id, size))
 }
 
-async fn put_upload(app: &App, name: &RepoName, id: &UploadId, params: &Params, req: Request) -> Result<Response> {
+async fn put_upload(
+    app: &App,
+    name: &RepoName,
+    id: &UploadId,
+    params: &Params,
+    req: Request,
+) -> Result<Response> {
     let Some(d) = params.digest("digest")? else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -71,7 +71,9 @@ pub enum ManifestError {
     SchemaVersion(Option<u64>),
     #[error("Content-Type {header:?} does not match the manifest's mediaType {body:?}")]
     ContentTypeMismatch { header: String, body: String },
-    #[error("the manifest has no mediaType and the request no Content-Type; one of them must name the manifest type")]
+    #[error(
+        "the manifest has no mediaType and the request no Content-Type; one of them must name the manifest type"
+    )]
     NoMediaType,
     #[error(
         "manifest media type {0:?} is not supported; use an OCI image manifest or index, or a Docker schema 2 manifest or manifest list"
@@ -98,7 +100,10 @@ struct Raw {
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
     let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
     let header = content_type.map(media::essence).filter(|s| !s.is_empty());
-    if matches!(header, Some(media::DOCKER_MANIFEST_V1 | media::DOCKER_MANIFEST_V1_SIGNED)) {
+    if matches!(
+        header,
+        Some(media::DOCKER_MANIFEST_V1 | media::DOCKER_MANIFEST_V1_SIGNED)
+    ) {
         return Err(ManifestError::Unsupported(header.unwrap_or_default().to_string()));
     }
     if raw.schema_version != Some(2) {
@@ -135,7 +140,9 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
             for l in raw.layers.as_ref().ok_or_else(|| missing("layers"))? {
                 push(&mut refs, RefKind::Layer, l);
             }
-            raw.artifact_type.clone().or_else(|| Some(config.media_type.clone()))
+            raw.artifact_type
+                .clone()
+                .or_else(|| Some(config.media_type.clone()))
         }
         media::OCI_INDEX | media::DOCKER_MANIFEST_LIST => {
             for m in raw.manifests.as_ref().ok_or_else(|| missing("manifests"))? {
@@ -177,9 +184,18 @@ mod tests {
         assert!(p.refs[1].required);
         assert!(!p.refs[2].required);
         assert_eq!(p.subject, Some(D1.parse().unwrap()));
-        assert_eq!(p.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         // Content-Type parameters are ignored; a mismatch is refused.
-        assert!(parse(m.as_bytes(), Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8")).is_ok());
+        assert!(
+            parse(
+                m.as_bytes(),
+                Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8")
+            )
+            .is_ok()
+        );
         assert!(matches!(
             parse(m.as_bytes(), Some(media::OCI_INDEX)),
             Err(ManifestError::ContentTypeMismatch { .. })
@@ -193,7 +209,10 @@ mod tests {
             parse(br#"{"schemaVersion":1}"#, Some(media::OCI_MANIFEST)),
             Err(ManifestError::SchemaVersion(Some(1)))
         ));
-        assert_eq!(parse(br#"{"schemaVersion":2}"#, None), Err(ManifestError::NoMediaType));
+        assert_eq!(
+            parse(br#"{"schemaVersion":2}"#, None),
+            Err(ManifestError::NoMediaType)
+        );
         assert!(matches!(
             parse(br#"{"schemaVersion":2}"#, Some("text/plain")),
             Err(ManifestError::Unsupported(_))

@@ -82,8 +82,8 @@ impl Route {
             if segs[n - 1].is_empty() {
                 return Ok(Route::UploadStart(repo));
             }
-            let id = UploadId::parse(segs[n - 1])
-                .ok_or_else(|| RouteError::UploadId(segs[n - 1].to_string()))?;
+            let id =
+                UploadId::parse(segs[n - 1]).ok_or_else(|| RouteError::UploadId(segs[n - 1].to_string()))?;
             return Ok(Route::Upload(repo, id));
         }
         if n >= 2 {
@@ -144,7 +144,10 @@ mod tests {
             Ok(r) => format!("{r:?}"),
             Err(e) => format!("error: {e}"),
         };
-        assert!(got.contains(expect), "{input:?} parsed to {got}, expected {expect}");
+        assert!(
+            got.contains(expect),
+            "{input:?} parsed to {got}, expected {expect}"
+        );
     }
 
     #[test]

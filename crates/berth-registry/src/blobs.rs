@@ -72,7 +72,10 @@ impl Registry {
                 "missing"
             }
         };
-        self.metrics.blob_read_errors.get_or_create(&ProblemLabel { problem }).inc();
+        self.metrics
+            .blob_read_errors
+            .get_or_create(&ProblemLabel { problem })
+            .inc();
         Err(RegistryError::BlobDamaged(digest.clone()))
     }
 

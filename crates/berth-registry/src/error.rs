@@ -25,7 +25,9 @@ pub enum RegistryError {
     ManifestInvalid(String),
     #[error("manifest references content that is not in this repository: {}", list(.0))]
     ManifestBlobUnknown(Vec<Digest>),
-    #[error("manifest is {size} bytes; this registry accepts manifests up to {limit} bytes ([limits] max_manifest_bytes)")]
+    #[error(
+        "manifest is {size} bytes; this registry accepts manifests up to {limit} bytes ([limits] max_manifest_bytes)"
+    )]
     ManifestTooLarge { size: u64, limit: u64 },
     #[error("manifest {child} is a child of index {parent} in this repository; delete the index first")]
     ManifestReferenced { child: Digest, parent: Digest },

@@ -36,7 +36,8 @@ impl Registry {
                 limit,
             });
         }
-        let parsed = manifest::parse(body, content_type).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let parsed =
+            manifest::parse(body, content_type).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
         let (digest, tag) = match reference {
             Reference::Digest(d) => {
                 if !d.matches(body) {

@@ -39,12 +39,20 @@ impl RegistryMetrics {
             "Uploads refused because their bytes did not hash to the digest given",
             self.digest_mismatches.clone(),
         );
-        r.register("berth_blobs_committed", "Blobs committed by uploads", self.blobs_committed.clone());
+        r.register(
+            "berth_blobs_committed",
+            "Blobs committed by uploads",
+            self.blobs_committed.clone(),
+        );
         r.register(
             "berth_blob_bytes_committed",
             "Bytes committed by uploads",
             self.bytes_committed.clone(),
         );
-        r.register("berth_manifests_pushed", "Manifests accepted", self.manifests_pushed.clone());
+        r.register(
+            "berth_manifests_pushed",
+            "Manifests accepted",
+            self.manifests_pushed.clone(),
+        );
     }
 }

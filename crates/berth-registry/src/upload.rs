@@ -197,13 +197,21 @@ impl Registry {
 
     /// Cross-repository mount: links a blob already held elsewhere into `repo`.
     /// Returns its size, or `None` when there is nothing to mount.
-    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>> {
         Ok(self.meta.link_blob(repo, digest, from, self.clock.now()).await?)
     }
 
     /// Removes upload sessions idle for longer than `max_idle_secs`; returns how many.
     pub async fn expire_uploads(&self, max_idle_secs: i64) -> Result<usize> {
-        let ids = self.meta.uploads_idle_since(self.clock.now() - max_idle_secs).await?;
+        let ids = self
+            .meta
+            .uploads_idle_since(self.clock.now() - max_idle_secs)
+            .await?;
         let mut n = 0;
         for id in ids {
             if self.busy.lock().unwrap().contains(&id) {

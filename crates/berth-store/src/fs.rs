@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, spawn_blocking};
 
-use crate::blob::{BlobRead, BlobSink, BlobStore, ByteRange};
 use crate::Result;
+use crate::blob::{BlobRead, BlobSink, BlobStore, ByteRange};
 
 /// Bytes read from disk per chunk when serving (see docs: 1 MiB halves CPU per GiB
 /// against 64 KiB reads).
@@ -136,7 +136,9 @@ impl BlobStore for FsBlobStore {
     async fn append(&self, id: &UploadId, offset: u64, hasher: DigestHasher) -> Result<Box<dyn BlobSink>> {
         let p = self.upload_path(id);
         if !tokio::fs::try_exists(&p).await? {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("upload area {id} is missing")).into());
+            return Err(
+                io::Error::new(io::ErrorKind::NotFound, format!("upload area {id} is missing")).into(),
+            );
         }
         Ok(Box::new(FsSink::start(p, offset, hasher)))
     }

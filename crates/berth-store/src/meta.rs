@@ -107,8 +107,12 @@ pub trait ManifestMeta: Send + Sync {
     async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
     /// Names of repositories holding at least one manifest, after `last`, at most `limit`.
     async fn repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
-    async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>)
-    -> Result<Vec<Referrer>>;
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>>;
 }
 
 #[async_trait]

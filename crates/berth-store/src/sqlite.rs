@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, RepoName, Tag, UploadId};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::meta::*;
@@ -242,13 +244,15 @@ impl ManifestMeta for SqliteMeta {
         .rows_affected();
         if inserted > 0 {
             for r in m.refs {
-                sqlx::query("INSERT OR IGNORE INTO manifest_refs(repo, parent, child, kind) VALUES (?, ?, ?, ?)")
-                    .bind(repo)
-                    .bind(&d)
-                    .bind(r.digest.to_string())
-                    .bind(r.kind.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT OR IGNORE INTO manifest_refs(repo, parent, child, kind) VALUES (?, ?, ?, ?)",
+                )
+                .bind(repo)
+                .bind(&d)
+                .bind(r.digest.to_string())
+                .bind(r.kind.as_str())
+                .execute(&mut *tx)
+                .await?;
             }
         }
         if let Some(tag) = m.tag {
@@ -391,7 +395,6 @@ impl ManifestMeta for SqliteMeta {
             .collect()
     }
 }
-
 
 #[async_trait]
 impl UploadMeta for SqliteMeta {

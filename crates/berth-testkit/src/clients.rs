@@ -152,6 +152,7 @@ pub fn docker_ref(addr: &str, repo: &str, reference: &str) -> String {
 /// skopeo against plain-HTTP loopback registries.
 pub struct Skopeo {
     bin: PathBuf,
+    debug: bool,
 }
 
 impl Default for Skopeo {
@@ -164,14 +165,21 @@ impl Skopeo {
     pub fn new() -> Skopeo {
         Skopeo {
             bin: require("skopeo"),
+            debug: debug_enabled(),
         }
+    }
+
+    /// Always pass `--debug` (stderr then logs every HTTP request skopeo makes).
+    pub fn with_debug(mut self) -> Skopeo {
+        self.debug = true;
+        self
     }
 
     /// A `skopeo` command with the global flags (`--insecure-policy`, optional `--debug`).
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--insecure-policy");
-        if debug_enabled() {
+        if self.debug {
             c.arg("--debug");
         }
         // Never pick up credentials from the environment or the machine.
@@ -630,12 +638,7 @@ pub mod http {
     }
 
     pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<Response, String> {
-        finish(
-            agent()
-                .post(url)
-                .header("Content-Type", content_type)
-                .send(body),
-        )
+        finish(agent().post(url).header("Content-Type", content_type).send(body))
     }
 
     /// Like [`get`] but panics on a transport error.
@@ -681,8 +684,8 @@ pub fn push_blob(base: &str, repo: &str, blob: &Blob) {
 /// `Docker-Content-Digest` the registry answered with.
 pub fn push_manifest(base: &str, repo: &str, reference: &str, manifest: &Blob) -> String {
     let url = format!("{base}/v2/{repo}/manifests/{reference}");
-    let r = http::put(&url, &manifest.media_type, &manifest.data)
-        .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    let r =
+        http::put(&url, &manifest.media_type, &manifest.data).unwrap_or_else(|e| panic!("PUT {url}: {e}"));
     assert_eq!(r.status, 201, "PUT {url}:\n{r}");
     r.header("docker-content-digest")
         .unwrap_or(&manifest.digest)

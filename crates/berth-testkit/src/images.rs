@@ -202,6 +202,29 @@ pub fn layer(flavor: Flavor, entries: &[Entry<'_>]) -> Layer {
     Layer { blob, diff_id, tar }
 }
 
+/// A layer holding one `size`-byte file of pseudo-random (incompressible) data derived
+/// from `seed`: for exercising large, streamed uploads.
+pub fn large_layer(flavor: Flavor, seed: &str, size: usize) -> Layer {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ b as u64);
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        data.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    data.truncate(size);
+    let tar = tar_bytes(&[Entry::Dir("data/"), Entry::File("data/random.bin", &data)]);
+    let diff_id = sha256_digest(&tar);
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&tar).expect("gzip");
+    let blob = Blob::new(flavor.layer_type(), enc.finish().expect("gzip finish"));
+    Layer { blob, diff_id, tar }
+}
+
 /// JSON serialized the way Docker does it (indented with three spaces): not canonical, so
 /// a registry that re-serializes manifests changes their digests.
 pub fn docker_style_json(v: &Value) -> Vec<u8> {
@@ -228,9 +251,8 @@ impl Image {
     pub fn build(flavor: Flavor, platform: Platform, seed: &str, n_layers: usize) -> Image {
         assert!((1..=2).contains(&n_layers), "1 or 2 layers");
         let arch = platform.architecture.as_str();
-        let os_release = format!(
-            "NAME=\"berth test image\"\nID=berthtest\nVERSION_ID=\"{seed}\"\nBERTH_ARCH={arch}\n"
-        );
+        let os_release =
+            format!("NAME=\"berth test image\"\nID=berthtest\nVERSION_ID=\"{seed}\"\nBERTH_ARCH={arch}\n");
         let script = format!("#!/bin/sh\necho hello from berth test image {seed} on {arch}\n");
         let mut layers = vec![layer(
             flavor,
@@ -258,6 +280,12 @@ impl Image {
             ));
         }
 
+        Image::from_layers(flavor, platform, seed, layers)
+    }
+
+    /// An image of `platform` made of the given layers (config and manifest are derived).
+    pub fn from_layers(flavor: Flavor, platform: Platform, seed: &str, layers: Vec<Layer>) -> Image {
+        let arch = platform.architecture.as_str();
         let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
         let history: Vec<Value> = (0..layers.len())
             .map(|i| {
@@ -379,10 +407,7 @@ impl ImageSet {
 
     /// The child manifest digests, in index order.
     pub fn child_digests(&self) -> Vec<String> {
-        self.images
-            .iter()
-            .map(|i| i.manifest.digest.clone())
-            .collect()
+        self.images.iter().map(|i| i.manifest.digest.clone()).collect()
     }
 
     pub fn image(&self, architecture: &str) -> &Image {
@@ -430,8 +455,7 @@ impl ImageSet {
 pub fn write_oci_layout(dir: &Path, refs: &[(&str, &Blob)], blobs: &[&Blob]) {
     let blob_dir = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blob_dir).expect("create blobs dir");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("write oci-layout");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write oci-layout");
     for b in blobs.iter().chain(refs.iter().map(|(_, b)| b)) {
         std::fs::write(blob_dir.join(b.hex()), &b.data).expect("write blob");
     }
@@ -448,19 +472,15 @@ pub fn write_oci_layout(dir: &Path, refs: &[(&str, &Blob)], blobs: &[&Blob]) {
         "mediaType": OCI_INDEX,
         "manifests": manifests,
     });
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&index).expect("json"),
-    )
-    .expect("write index.json");
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("json"))
+        .expect("write index.json");
 }
 
 /// Writes a containers/image `dir:` transport directory: `version`, `manifest.json` (the
 /// top-level manifest), `<hex>.manifest.json` per list instance and `<hex>` per blob.
 pub fn write_dir_transport(dir: &Path, top: &Blob, instances: &[&Blob], blobs: &[&Blob]) {
     std::fs::create_dir_all(dir).expect("create dir");
-    std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n")
-        .expect("write version");
+    std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").expect("write version");
     std::fs::write(dir.join("manifest.json"), &top.data).expect("write manifest.json");
     for m in instances {
         std::fs::write(dir.join(format!("{}.manifest.json", m.hex())), &m.data)

@@ -21,6 +21,11 @@ impl TestServer {
     /// Starts `bin serve` on 127.0.0.1 with a fresh data directory. `extra_config` is TOML
     /// appended after `[server]`/`[storage]` (it may add other tables).
     pub fn start(bin: &str, extra_config: &str) -> TestServer {
+        TestServer::start_on(bin, "127.0.0.1:0", extra_config)
+    }
+
+    /// Like [`TestServer::start`], listening on `listen` (e.g. `[::]:0` for dual-stack).
+    pub fn start_on(bin: &str, listen: &str, extra_config: &str) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = TestServer {
             child: None,
@@ -29,7 +34,7 @@ impl TestServer {
             extra_config: extra_config.to_string(),
             addr: String::new(),
         };
-        s.spawn("127.0.0.1:0");
+        s.spawn(listen);
         s
     }
 
@@ -48,7 +53,10 @@ impl TestServer {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -67,6 +75,15 @@ impl TestServer {
             .expect("berth did not report its address within 60s");
         self.addr = addr;
         self.child = Some(child);
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("address has a port")
     }
 
     pub fn url(&self, path: &str) -> String {

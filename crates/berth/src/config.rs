@@ -103,8 +103,11 @@ impl Default for Config {
 /// Durations are written the human way: "30s", "5m", "1h 30m", "7d".
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\", \"5m\" or \"2h\": {e}")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like \"30s\", \"5m\" or \"2h\": {e}"
+        ))
+    })
 }
 
 impl Config {
@@ -165,7 +168,10 @@ mod tests {
         let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
         for (i, l) in lines.iter().enumerate() {
             if l.contains(" = ") && !l.starts_with('#') {
-                assert!(i > 0 && lines[i - 1].starts_with('#'), "key without a comment: {l}");
+                assert!(
+                    i > 0 && lines[i - 1].starts_with('#'),
+                    "key without a comment: {l}"
+                );
             }
         }
     }
@@ -176,7 +182,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        assert!(err("[server]\nlisten = \"nope\"").starts_with("server.listen:"), "{}", err("[server]\nlisten = \"nope\""));
+        assert!(
+            err("[server]\nlisten = \"nope\"").starts_with("server.listen:"),
+            "{}",
+            err("[server]\nlisten = \"nope\"")
+        );
         assert!(err("[server]\nlisen = \"[::]:1\"").contains("unknown field `lisen`"));
         assert!(err("[storage]\ndata_dir = 5").starts_with("storage.data_dir:"));
         assert!(err("[uploads]\nexpire_after = \"soon\"").starts_with("uploads.expire_after:"));

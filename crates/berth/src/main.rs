@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_TOML};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "A self-healing container registry in one binary")]
+#[command(
+    name = "berth",
+    version,
+    about = "A self-healing container registry in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

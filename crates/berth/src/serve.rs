@@ -41,7 +41,9 @@ fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
     socket.listen(1024)?;
     Ok(tokio::net::TcpListener::from_std(socket.into())?)
 }
@@ -103,7 +105,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.server.shutdown_timeout, server).await {
         Ok(_) => tracing::info!("stopped"),
-        Err(_) => tracing::warn!("in-flight requests did not finish within the shutdown timeout; exiting anyway"),
+        Err(_) => {
+            tracing::warn!("in-flight requests did not finish within the shutdown timeout; exiting anyway")
+        }
     }
     Ok(())
 }

@@ -23,7 +23,10 @@ fn base_health_ready_and_metrics() {
     let ready = get(&format!("{b}/readyz"));
     assert_eq!(ready.status, 200, "{}", ready.text());
     let m = get(&format!("{b}/metrics")).text();
-    assert!(m.contains("berth_http_requests_total{method=\"GET\",status=\"200\"}"), "{m}");
+    assert!(
+        m.contains("berth_http_requests_total{method=\"GET\",status=\"200\"}"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -40,7 +43,14 @@ fn monolithic_upload_and_blob_reads() {
     assert_eq!(full.body, data);
 
     // Ranges: closed, open, suffix, clamped, unsatisfiable.
-    let range = |h: &str| req("GET", &format!("{b}/v2/team/app/blobs/{d}"), &[("range", h)], None);
+    let range = |h: &str| {
+        req(
+            "GET",
+            &format!("{b}/v2/team/app/blobs/{d}"),
+            &[("range", h)],
+            None,
+        )
+    };
     let r = range("bytes=10-19");
     assert_eq!((r.status, &r.body[..]), (206, &data[10..20]));
     assert_eq!(r.header("content-range"), Some("bytes 10-19/100000"));
@@ -54,7 +64,12 @@ fn monolithic_upload_and_blob_reads() {
     // Another repository does not see it; unknown digests are BLOB_UNKNOWN.
     let r = get(&format!("{b}/v2/other/blobs/{d}"));
     assert_eq!((r.status, r.code().as_str()), (404, "BLOB_UNKNOWN"));
-    let r = req("HEAD", &format!("{b}/v2/team/app/blobs/{}", sha256(b"nope")), &[], None);
+    let r = req(
+        "HEAD",
+        &format!("{b}/v2/team/app/blobs/{}", sha256(b"nope")),
+        &[],
+        None,
+    );
     assert_eq!(r.status, 404);
 
     // A digest that does not match the bytes is refused and nothing is stored.
@@ -65,27 +80,52 @@ fn monolithic_upload_and_blob_reads() {
         &[],
         Some(&data),
     );
-    assert_eq!((r.status, r.code().as_str()), (400, "DIGEST_INVALID"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "DIGEST_INVALID"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains("hash to"), "{}", r.text());
-    assert_eq!(req("HEAD", &format!("{b}/v2/team/app/blobs/{wrong}"), &[], None).status, 404);
+    assert_eq!(
+        req("HEAD", &format!("{b}/v2/team/app/blobs/{wrong}"), &[], None).status,
+        404
+    );
 
     // Malformed digests.
-    for bad in ["sha256:abc", "md5:d41d8cd98f00b204e9800998ecf8427e", "sha256:..%2F..%2Fetc%2Fpasswd"] {
+    for bad in [
+        "sha256:abc",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "sha256:..%2F..%2Fetc%2Fpasswd",
+    ] {
         let r = get(&format!("{b}/v2/team/app/blobs/{bad}"));
         assert_eq!((r.status, r.code().as_str()), (400, "DIGEST_INVALID"), "{bad}");
-        let r = req("POST", &format!("{b}/v2/team/app/blobs/uploads/?digest={bad}"), &[], Some(b"x"));
+        let r = req(
+            "POST",
+            &format!("{b}/v2/team/app/blobs/uploads/?digest={bad}"),
+            &[],
+            Some(b"x"),
+        );
         assert_eq!((r.status, r.code().as_str()), (400, "DIGEST_INVALID"), "{bad}");
     }
 
     // sha512 digests are accepted.
     use sha2::Digest as _;
     let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&data)));
-    let r = req("POST", &format!("{b}/v2/team/app/blobs/uploads/?digest={d512}"), &[], Some(&data));
+    let r = req(
+        "POST",
+        &format!("{b}/v2/team/app/blobs/uploads/?digest={d512}"),
+        &[],
+        Some(&data),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(get(&format!("{b}/v2/team/app/blobs/{d512}")).body, data);
 
     // Blob DELETE removes it from the repository.
-    assert_eq!(req("DELETE", &format!("{b}/v2/team/app/blobs/{d}"), &[], None).status, 202);
+    assert_eq!(
+        req("DELETE", &format!("{b}/v2/team/app/blobs/{d}"), &[], None).status,
+        202
+    );
     assert_eq!(get(&format!("{b}/v2/team/app/blobs/{d}")).status, 404);
     let r = req("DELETE", &format!("{b}/v2/team/app/blobs/{d}"), &[], None);
     assert_eq!((r.status, r.code().as_str()), (404, "BLOB_UNKNOWN"));
@@ -105,7 +145,12 @@ fn chunked_upload_status_order_and_cancel() {
     assert!(loc.ends_with(&uuid));
     let url = format!("{b}{loc}");
 
-    let r = req("PATCH", &url, &[("content-range", "0-99999")], Some(&data[..100_000]));
+    let r = req(
+        "PATCH",
+        &url,
+        &[("content-range", "0-99999")],
+        Some(&data[..100_000]),
+    );
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.header("range"), Some("0-99999"));
     // Status.
@@ -113,13 +158,28 @@ fn chunked_upload_status_order_and_cancel() {
     assert_eq!((r.status, r.header("range")), (204, Some("0-99999")));
     assert_eq!(r.header("location"), Some(loc.as_str()));
     // Out of order: 416 with the current state, and the upload is unchanged.
-    let r = req("PATCH", &url, &[("content-range", "200000-299999")], Some(&data[200_000..]));
+    let r = req(
+        "PATCH",
+        &url,
+        &[("content-range", "200000-299999")],
+        Some(&data[200_000..]),
+    );
     assert_eq!(r.status, 416, "{}", r.text());
     assert_eq!(r.header("range"), Some("0-99999"));
     assert_eq!(r.header("location"), Some(loc.as_str()));
     // Announced length that does not match the body.
-    let r = req("PATCH", &url, &[("content-range", "100000-100009")], Some(&data[100_000..100_005]));
-    assert_eq!((r.status, r.code().as_str()), (400, "SIZE_INVALID"), "{}", r.text());
+    let r = req(
+        "PATCH",
+        &url,
+        &[("content-range", "100000-100009")],
+        Some(&data[100_000..100_005]),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "SIZE_INVALID"),
+        "{}",
+        r.text()
+    );
     // The refused chunk left nothing behind; a PATCH without Content-Range appends.
     assert_eq!(get(&url).header("range"), Some("0-99999"));
     let r = req("PATCH", &url, &[], Some(&data[100_000..200_000]));
@@ -145,7 +205,12 @@ fn chunked_upload_status_order_and_cancel() {
     assert_eq!(req("DELETE", &format!("{b}{loc2}"), &[], None).status, 204);
     assert_eq!(get(&format!("{b}{loc2}")).status, 404);
     // Unknown, malformed, and other-repository upload ids.
-    let r = req("PATCH", &format!("{b}/v2/app/blobs/uploads/00000000-0000-0000-0000-000000000000"), &[], Some(b"x"));
+    let r = req(
+        "PATCH",
+        &format!("{b}/v2/app/blobs/uploads/00000000-0000-0000-0000-000000000000"),
+        &[],
+        Some(b"x"),
+    );
     assert_eq!((r.status, r.code().as_str()), (404, "BLOB_UPLOAD_UNKNOWN"));
     let r = get(&format!("{b}/v2/app/blobs/uploads/not_an_id!"));
     assert_eq!((r.status, r.code().as_str()), (404, "BLOB_UPLOAD_UNKNOWN"));
@@ -163,7 +228,12 @@ fn chunked_upload_status_order_and_cancel() {
         .header("location")
         .unwrap()
         .to_string();
-    let r = req("PUT", &format!("{b}{loc4}?digest={}", sha256(b"other")), &[], Some(b"these bytes"));
+    let r = req(
+        "PUT",
+        &format!("{b}{loc4}?digest={}", sha256(b"other")),
+        &[],
+        Some(b"these bytes"),
+    );
     assert_eq!((r.status, r.code().as_str()), (400, "DIGEST_INVALID"));
 }
 
@@ -172,21 +242,53 @@ fn mount_with_and_without_from() {
     let (_s, b) = server();
     let data = bytes(3, 5000);
     let d = push_blob(&b, "src/repo", &data);
-    let r = req("POST", &format!("{b}/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo"), &[], None);
+    let r = req(
+        "POST",
+        &format!("{b}/v2/dst/repo/blobs/uploads/?mount={d}&from=src/repo"),
+        &[],
+        None,
+    );
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.header("location"), Some(format!("/v2/dst/repo/blobs/{d}").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v2/dst/repo/blobs/{d}").as_str())
+    );
     assert_eq!(get(&format!("{b}/v2/dst/repo/blobs/{d}")).body, data);
     // Without from: the blob is known to the registry, so it is linked.
-    let r = req("POST", &format!("{b}/v2/third/blobs/uploads/?mount={d}"), &[], None);
+    let r = req(
+        "POST",
+        &format!("{b}/v2/third/blobs/uploads/?mount={d}"),
+        &[],
+        None,
+    );
     assert_eq!(r.status, 201);
     // From a repository that does not hold it: an ordinary upload session starts.
-    let r = req("POST", &format!("{b}/v2/fourth/blobs/uploads/?mount={d}&from=nothing/here"), &[], None);
+    let r = req(
+        "POST",
+        &format!("{b}/v2/fourth/blobs/uploads/?mount={d}&from=nothing/here"),
+        &[],
+        None,
+    );
     assert_eq!(r.status, 202);
-    assert!(r.header("location").unwrap().starts_with("/v2/fourth/blobs/uploads/"));
+    assert!(
+        r.header("location")
+            .unwrap()
+            .starts_with("/v2/fourth/blobs/uploads/")
+    );
     // An unknown blob: a session too.
-    let r = req("POST", &format!("{b}/v2/fourth/blobs/uploads/?mount={}", sha256(b"zz")), &[], None);
+    let r = req(
+        "POST",
+        &format!("{b}/v2/fourth/blobs/uploads/?mount={}", sha256(b"zz")),
+        &[],
+        None,
+    );
     assert_eq!(r.status, 202);
-    let r = req("POST", &format!("{b}/v2/fourth/blobs/uploads/?mount={d}&from=Bad_Name"), &[], None);
+    let r = req(
+        "POST",
+        &format!("{b}/v2/fourth/blobs/uploads/?mount={d}&from=Bad_Name"),
+        &[],
+        None,
+    );
     assert_eq!((r.status, r.code().as_str()), (400, "NAME_INVALID"));
 }
 
@@ -204,7 +306,10 @@ fn manifests_push_pull_delete_and_validation() {
 
     let r = put_manifest(&b, "app", "v1", OCI_MANIFEST, &m);
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.header("location"), Some(format!("/v2/app/manifests/{md}").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v2/app/manifests/{md}").as_str())
+    );
     assert_eq!(r.header("docker-content-digest"), Some(md.as_str()));
     for reference in ["v1", md.as_str()] {
         let g = get(&format!("{b}/v2/app/manifests/{reference}"));
@@ -223,18 +328,36 @@ fn manifests_push_pull_delete_and_validation() {
 
     // Missing references, in this repository.
     let r = put_manifest(&b, "elsewhere", "v1", OCI_MANIFEST, &m);
-    assert_eq!((r.status, r.code().as_str()), (400, "MANIFEST_BLOB_UNKNOWN"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MANIFEST_BLOB_UNKNOWN"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains(&c) && r.text().contains(&l), "{}", r.text());
     // Invalid JSON, wrong Content-Type, missing fields, unsupported types.
     for (ct, body, code) in [
         (OCI_MANIFEST, &b"{not json"[..], "MANIFEST_INVALID"),
         (OCI_INDEX, &m[..], "MANIFEST_INVALID"),
         ("text/plain", br#"{"schemaVersion":2}"#, "MANIFEST_INVALID"),
-        (OCI_MANIFEST, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#, "MANIFEST_INVALID"),
-        ("application/vnd.docker.distribution.manifest.v1+json", br#"{"schemaVersion":1}"#, "MANIFEST_INVALID"),
+        (
+            OCI_MANIFEST,
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+            "MANIFEST_INVALID",
+        ),
+        (
+            "application/vnd.docker.distribution.manifest.v1+json",
+            br#"{"schemaVersion":1}"#,
+            "MANIFEST_INVALID",
+        ),
     ] {
         let r = put_manifest(&b, "app", "bad", ct, body);
-        assert_eq!((r.status, r.code()), (400, code.to_string()), "{ct}: {}", r.text());
+        assert_eq!(
+            (r.status, r.code()),
+            (400, code.to_string()),
+            "{ct}: {}",
+            r.text()
+        );
         assert!(!r.json()["errors"][0]["message"].as_str().unwrap().is_empty());
     }
     assert_eq!(get(&format!("{b}/v2/app/manifests/bad")).status, 404);
@@ -251,7 +374,10 @@ fn manifests_push_pull_delete_and_validation() {
         let mut answer = String::new();
         tcp.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("SIZE_INVALID") && answer.contains("max_manifest_bytes"), "{answer}");
+        assert!(
+            answer.contains("SIZE_INVALID") && answer.contains("max_manifest_bytes"),
+            "{answer}"
+        );
     }
     // Bad tags and references.
     let r = put_manifest(&b, "app", "-bad", OCI_MANIFEST, &m);
@@ -274,13 +400,25 @@ fn manifests_push_pull_delete_and_validation() {
     assert_eq!(get(&format!("{b}/v2/app/manifests/{md}")).status, 200);
 
     // DELETE of a tag removes only the tag.
-    assert_eq!(req("DELETE", &format!("{b}/v2/app/manifests/multi"), &[], None).status, 202);
-    assert_eq!(get(&format!("{b}/v2/app/manifests/multi")).code(), "MANIFEST_UNKNOWN");
+    assert_eq!(
+        req("DELETE", &format!("{b}/v2/app/manifests/multi"), &[], None).status,
+        202
+    );
+    assert_eq!(
+        get(&format!("{b}/v2/app/manifests/multi")).code(),
+        "MANIFEST_UNKNOWN"
+    );
     assert_eq!(get(&format!("{b}/v2/app/manifests/{id}")).status, 200);
     // DELETE by digest removes the manifest and its tags.
-    assert_eq!(req("DELETE", &format!("{b}/v2/app/manifests/{id}"), &[], None).status, 202);
+    assert_eq!(
+        req("DELETE", &format!("{b}/v2/app/manifests/{id}"), &[], None).status,
+        202
+    );
     assert_eq!(get(&format!("{b}/v2/app/manifests/{id}")).status, 404);
-    assert_eq!(req("DELETE", &format!("{b}/v2/app/manifests/{md}"), &[], None).status, 202);
+    assert_eq!(
+        req("DELETE", &format!("{b}/v2/app/manifests/{md}"), &[], None).status,
+        202
+    );
     let r = get(&format!("{b}/v2/app/manifests/v1"));
     assert_eq!((r.status, r.code().as_str()), (404, "MANIFEST_UNKNOWN"));
     let r = req("DELETE", &format!("{b}/v2/app/manifests/{md}"), &[], None);
@@ -313,9 +451,15 @@ fn docker_schema2_manifest_and_list_kept_byte_for_byte() {
     let g = get(&format!("{b}/v2/d/manifests/latest"));
     assert_eq!(g.body, list.as_bytes());
     assert_eq!(g.header("content-type"), Some(DOCKER_LIST));
-    assert_eq!(g.header("docker-content-digest"), Some(sha256(list.as_bytes()).as_str()));
+    assert_eq!(
+        g.header("docker-content-digest"),
+        Some(sha256(list.as_bytes()).as_str())
+    );
     let g = get(&format!("{b}/v2/d/manifests/{md}"));
-    assert_eq!((g.body.as_slice(), g.header("content-type")), (m.as_bytes(), Some(DOCKER_MANIFEST)));
+    assert_eq!(
+        (g.body.as_slice(), g.header("content-type")),
+        (m.as_bytes(), Some(DOCKER_MANIFEST))
+    );
     // Manifests can be fetched through the blob endpoint too.
     assert_eq!(get(&format!("{b}/v2/d/blobs/{md}")).body, m.as_bytes());
 }
@@ -335,7 +479,10 @@ fn tags_and_catalog_paginate_with_links() {
     assert_eq!(all["tags"], serde_json::json!(["a", "b", "c", "d", "e"]));
     let r = get(&format!("{b}/v2/p/one/tags/list?n=2"));
     assert_eq!(r.json()["tags"], serde_json::json!(["a", "b"]));
-    assert_eq!(r.header("link"), Some("</v2/p/one/tags/list?n=2&last=b>; rel=\"next\""));
+    assert_eq!(
+        r.header("link"),
+        Some("</v2/p/one/tags/list?n=2&last=b>; rel=\"next\"")
+    );
     let r = get(&format!("{b}/v2/p/one/tags/list?n=2&last=b"));
     assert_eq!(r.json()["tags"], serde_json::json!(["c", "d"]));
     let r = get(&format!("{b}/v2/p/one/tags/list?n=2&last=d"));
@@ -349,10 +496,16 @@ fn tags_and_catalog_paginate_with_links() {
     assert_eq!((r.status, r.code().as_str()), (404, "NAME_UNKNOWN"));
 
     let r = get(&format!("{b}/v2/_catalog"));
-    assert_eq!(r.json()["repositories"], serde_json::json!(["p/one", "p/three", "p/two"]));
+    assert_eq!(
+        r.json()["repositories"],
+        serde_json::json!(["p/one", "p/three", "p/two"])
+    );
     let r = get(&format!("{b}/v2/_catalog?n=1"));
     assert_eq!(r.json()["repositories"], serde_json::json!(["p/one"]));
-    assert_eq!(r.header("link"), Some("</v2/_catalog?n=1&last=p/one>; rel=\"next\""));
+    assert_eq!(
+        r.header("link"),
+        Some("</v2/_catalog?n=1&last=p/one>; rel=\"next\"")
+    );
     let r = get(&format!("{b}/v2/_catalog?n=5&last=p/one"));
     assert_eq!(r.json()["repositories"], serde_json::json!(["p/three", "p/two"]));
 }
@@ -388,7 +541,9 @@ fn referrers_and_subject() {
     assert_eq!(list["schemaVersion"], 2);
     assert_eq!(list["manifests"].as_array().unwrap().len(), 2);
     assert_eq!(all.header("oci-filters-applied"), None);
-    let f = get(&format!("{b}/v2/r/referrers/{subject}?artifactType=application/vnd.example.sbom"));
+    let f = get(&format!(
+        "{b}/v2/r/referrers/{subject}?artifactType=application/vnd.example.sbom"
+    ));
     assert_eq!(f.header("oci-filters-applied"), Some("artifactType"));
     let only = &f.json()["manifests"];
     assert_eq!(only.as_array().unwrap().len(), 1);
@@ -418,7 +573,12 @@ fn bad_names_paths_and_methods() {
         "/v2/-a/blobs/uploads/",
     ] {
         let r = get(&format!("{b}{path}"));
-        assert_eq!((r.status, r.code().as_str()), (400, "NAME_INVALID"), "{path}: {}", r.text());
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "NAME_INVALID"),
+            "{path}: {}",
+            r.text()
+        );
     }
     let long = "a".repeat(256);
     assert_eq!(get(&format!("{b}/v2/{long}/tags/list")).code(), "NAME_INVALID");
@@ -429,7 +589,10 @@ fn bad_names_paths_and_methods() {
     let r = req("PUT", &format!("{b}/v2/a/tags/list"), &[], None);
     assert_eq!(r.status, 405);
     // Nothing above created anything.
-    assert_eq!(get(&format!("{b}/v2/_catalog")).json()["repositories"], serde_json::json!([]));
+    assert_eq!(
+        get(&format!("{b}/v2/_catalog")).json()["repositories"],
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -442,15 +605,29 @@ fn damaged_bytes_on_disk_are_never_served_as_success() {
     // Truncated on disk (the field-notes "200 with 0 bytes" case).
     std::fs::write(&file, &data[..100]).unwrap();
     let r = get(&format!("{b}/v2/dmg/blobs/{d}"));
-    assert_eq!((r.status, r.code().as_str()), (404, "BLOB_UNKNOWN"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "BLOB_UNKNOWN"),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains("missing or damaged"));
-    assert_eq!(req("HEAD", &format!("{b}/v2/dmg/blobs/{d}"), &[], None).status, 404);
+    assert_eq!(
+        req("HEAD", &format!("{b}/v2/dmg/blobs/{d}"), &[], None).status,
+        404
+    );
     // Gone entirely.
     std::fs::remove_file(&file).unwrap();
     assert_eq!(get(&format!("{b}/v2/dmg/blobs/{d}")).status, 404);
     let m = get(&format!("{b}/metrics")).text();
-    assert!(m.contains("berth_blob_read_errors_total{problem=\"missing\"}"), "{m}");
-    assert!(m.contains("berth_blob_read_errors_total{problem=\"size_mismatch\"}"), "{m}");
+    assert!(
+        m.contains("berth_blob_read_errors_total{problem=\"missing\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("berth_blob_read_errors_total{problem=\"size_mismatch\"}"),
+        "{m}"
+    );
     // The client's answer to a 404 is to upload again, which heals it.
     push_blob(&b, "dmg", &data);
     assert_eq!(get(&format!("{b}/v2/dmg/blobs/{d}")).body, data);

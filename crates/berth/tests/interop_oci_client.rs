@@ -527,7 +527,8 @@ async fn oci_client_referrers() {
     let resp = http::must_get(
         &reg.url(&format!(
             "/v2/{repo}/referrers/{}?artifactType={}",
-            img.manifest.digest, sbom_type
+            img.manifest.digest,
+            sbom_type.replace('+', "%2B")
         )),
         &[],
     );

@@ -30,7 +30,10 @@ impl Resp {
 
     /// The first OCI error code of an error body.
     pub fn code(&self) -> String {
-        self.json()["errors"][0]["code"].as_str().unwrap_or("").to_string()
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     pub fn text(&self) -> String {
@@ -49,16 +52,38 @@ fn agent() -> ureq::Agent {
 }
 
 pub fn req(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    try_req(
+        method,
+        url,
+        headers,
+        body.map(|b| ureq::SendBody::from_owned_reader(std::io::Cursor::new(b.to_vec()))),
+        body.map(|b| b.len()),
+    )
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Like [`req`], but a connection failure is an `Err` and the body may be any reader
+/// (sent chunked when `len` is `None`).
+pub fn try_req(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<ureq::SendBody<'static>>,
+    len: Option<usize>,
+) -> Result<Resp, String> {
     let mut b = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
+    if let Some(n) = len {
+        b = b.header("content-length", n.to_string());
+    }
     let agent = agent();
     let resp = match body {
-        Some(body) => agent.run(b.body(body.to_vec()).unwrap()),
+        Some(body) => agent.run(b.body(body).unwrap()),
         None => agent.run(b.body(()).unwrap()),
     }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    .map_err(|e| format!("{method} {url}: {e}"))?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -72,9 +97,13 @@ pub fn req(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]
             .with_config()
             .limit(1 << 30)
             .read_to_vec()
-            .unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"))
+            .map_err(|e| format!("{method} {url}: reading body: {e}"))?
     };
-    Resp { status, headers, body }
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 pub fn get(url: &str) -> Resp {
@@ -125,7 +154,9 @@ pub fn image_manifest(config: &(String, usize), layers: &[(String, usize)], extr
     let layers: Vec<String> = layers
         .iter()
         .map(|(d, n)| {
-            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{n}}}"#)
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{n}}}"#
+            )
         })
         .collect();
     format!(
