@@ -14,7 +14,7 @@ use berth_testkit::TestServer;
 use berth_testkit::clients::{Distribution, Podman, Skopeo, docker_ref, http, push_image_set_http};
 use berth_testkit::images::{
     self, Flavor, Image, ImageSet, OciLayout, Platform, assert_dir_holds_set,
-    assert_layout_holds_set, sha256_digest,
+    assert_layout_holds_set, large_layer, sha256_digest,
 };
 use serde_json::Value;
 
@@ -40,6 +40,14 @@ impl Registry {
         match self {
             Registry::Berth(s) => &s.addr,
             Registry::Distribution(d) => &d.addr,
+        }
+    }
+
+    /// SIGKILL and restart on the same port and data directory (berth only).
+    fn kill_and_restart(&mut self) {
+        match self {
+            Registry::Berth(s) => s.kill_and_restart(),
+            Registry::Distribution(_) => panic!("restart is only implemented for berth"),
         }
     }
 
@@ -186,6 +194,20 @@ fn skopeo_copy_all_docker_manifest_list_round_trip_preserves_digests() {
     let dst = tmp.path().join("dst");
     skopeo.copy_all(&reg.docker(repo, "v1"), &dir_ref(&dst));
     assert_dir_holds_set(&dst, &set);
+
+    // Platform selection through the Docker manifest list.
+    let arm = tmp.path().join("arm64");
+    skopeo.copy(
+        &reg.docker(repo, "v1"),
+        &dir_ref(&arm),
+        &["--override-os=linux", "--override-arch=arm64", "--override-variant=v8"],
+    );
+    let arm64 = set.image("arm64");
+    assert_eq!(std::fs::read(arm.join("manifest.json")).unwrap(), arm64.manifest.data);
+    assert_eq!(
+        std::fs::read(arm.join(arm64.config.hex())).unwrap(),
+        arm64.config.data
+    );
 }
 
 #[test]
@@ -459,6 +481,23 @@ fn podman_push_and_pull_round_trip() {
     assert_eq!(cfg.body, img.config.data);
     assert_pushed_layers_match_config(&reg, "interop/podman", &raw, &img.config.data);
 
+    // The same image converted to Docker schema2 on the way out (`--format v2s2`).
+    let docker_dest = format!("{}/interop/podman:docker", reg.addr());
+    let pushed_docker = podman.push(img.image_id(), &docker_dest, &["--format=v2s2"]);
+    let r = reg.get_manifest("interop/podman", "docker");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(sha256_digest(&r.body), pushed_docker);
+    assert_eq!(r.header("docker-content-digest"), Some(pushed_docker.as_str()));
+    let m: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(m["mediaType"], images::DOCKER_MANIFEST, "{m}");
+    assert_eq!(
+        r.header("content-type").map(|v| v.split(';').next().unwrap().trim()),
+        Some(images::DOCKER_MANIFEST)
+    );
+    assert_eq!(m["config"]["mediaType"], images::DOCKER_CONFIG, "{m}");
+    assert_eq!(m["config"]["digest"], img.config.digest, "{m}");
+    assert_pushed_layers_match_config(&reg, "interop/podman", &r.body, &img.config.data);
+
     podman.rmi(&[img.image_id()]);
     assert!(podman.image_ids().is_empty(), "rmi left images");
 
@@ -480,10 +519,14 @@ fn podman_push_and_pull_round_trip() {
         "{info}"
     );
 
-    // By digest too.
+    // By digest too, and the Docker-format copy.
     podman.rmi(&[img.image_id()]);
     let id = podman.pull(&repo_digest);
     assert_eq!(id.trim_start_matches("sha256:"), img.image_id());
+    podman.rmi(&[img.image_id()]);
+    let id = podman.pull(&docker_dest);
+    assert_eq!(id.trim_start_matches("sha256:"), img.image_id());
+    assert_eq!(podman.image_inspect(&docker_dest)["Digest"], pushed_docker);
 }
 
 #[test]
@@ -524,4 +567,168 @@ fn podman_pulls_the_right_platform_from_an_index() {
             assert!(repo_digests.iter().any(|r| r == &want), "{want} missing: {info}");
         }
     }
+}
+
+#[test]
+fn podman_manifest_push_all() {
+    let podman = Podman::new();
+    let skopeo = Skopeo::new();
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let set = ImageSet::multi_platform(Flavor::Oci, "podman-manifest");
+    set.write_oci_layout(&tmp.path().join("src"), "v1");
+    skopeo.copy_all(&oci_dir(&tmp.path().join("src"), "v1"), &reg.docker("interop/parts", "v1"));
+
+    // podman builds its own list from the images in berth and pushes it with every instance.
+    podman.run(&["manifest", "create", "localhost/berth-list"]);
+    for img in &set.images {
+        podman.run(&[
+            "manifest",
+            "add",
+            "--tls-verify=false",
+            "localhost/berth-list",
+            &reg.docker("interop/parts", &img.manifest.digest),
+        ]);
+    }
+    let digestfile = podman.dir().join("list-digest");
+    podman.run(&[
+        "manifest",
+        "push",
+        "--all",
+        "--tls-verify=false",
+        "--digestfile",
+        digestfile.to_str().unwrap(),
+        "localhost/berth-list",
+        &reg.docker("interop/podman-list", "v1"),
+    ]);
+    let pushed = std::fs::read_to_string(&digestfile).unwrap().trim().to_string();
+
+    let raw = skopeo.inspect_raw(&reg.docker("interop/podman-list", "v1"));
+    assert_eq!(sha256_digest(&raw), pushed, "served list vs podman's digest");
+    let list: Value = serde_json::from_slice(&raw).unwrap();
+    let entries = list["manifests"].as_array().expect("manifests");
+    let children: Vec<&str> = entries.iter().map(|e| e["digest"].as_str().unwrap()).collect();
+    assert_eq!(children, set.child_digests(), "{list}");
+    for (e, img) in entries.iter().zip(&set.images) {
+        assert_eq!(e["platform"]["architecture"], img.platform.architecture.as_str());
+        assert_eq!(e["platform"]["os"], "linux");
+        let child = skopeo.inspect_raw(&reg.docker("interop/podman-list", &img.manifest.digest));
+        assert_eq!(child, img.manifest.data, "instance {}", img.manifest.digest);
+    }
+    assert_blobs_served(&reg, "interop/podman-list", &set.blobs());
+}
+
+#[test]
+fn skopeo_copy_within_registry_mounts_layers() {
+    let skopeo = Skopeo::new();
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let set = ImageSet::multi_platform(Flavor::Oci, "mount");
+    set.write_oci_layout(&tmp.path().join("src"), "v1");
+    skopeo.copy_all(&oci_dir(&tmp.path().join("src"), "v1"), &reg.docker("interop/mount-a", "v1"));
+
+    // Registry to the same registry: skopeo asks for cross-repository mounts of the layers
+    // it knows are in interop/mount-a (POST /v2/interop/mount-b/blobs/uploads/?mount=&from=).
+    let out = Skopeo::new().with_debug().copy_all(
+        &reg.docker("interop/mount-a", "v1"),
+        &reg.docker("interop/mount-b", "v1"),
+    );
+    let tried = out.stderr.matches("Trying to mount").count();
+    let mounted = out.stderr.matches("mount OK").count();
+    assert!(tried > 0, "skopeo attempted no mount:\n{}", out.stderr);
+    assert_eq!(tried, mounted, "some mounts were not honoured:\n{}", out.stderr);
+
+    assert_set_via_skopeo(&skopeo, &reg, "interop/mount-b", "v1", &set);
+    assert_blobs_served(&reg, "interop/mount-b", &set.blobs());
+    // The source is untouched.
+    assert_set_via_skopeo(&skopeo, &reg, "interop/mount-a", "v1", &set);
+}
+
+#[test]
+fn skopeo_concurrent_copies_of_shared_blobs() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let set = ImageSet::multi_platform(Flavor::Oci, "concurrent");
+    let src = tmp.path().join("src");
+    set.write_oci_layout(&src, "v1");
+
+    // Six clients push the same blobs at once: three into one repository under different
+    // tags, three into repositories of their own.
+    let targets: Vec<(String, String)> = (0..3)
+        .map(|i| ("interop/race".to_string(), format!("t{i}")))
+        .chain((0..3).map(|i| (format!("interop/race-{i}"), "v1".to_string())))
+        .collect();
+    std::thread::scope(|s| {
+        for (repo, tag) in &targets {
+            let dst = reg.docker(repo, tag);
+            let src = oci_dir(&src, "v1");
+            s.spawn(move || Skopeo::new().copy_all(&src, &dst));
+        }
+    });
+
+    let skopeo = Skopeo::new();
+    for (repo, tag) in &targets {
+        assert_set_via_skopeo(&skopeo, &reg, repo, tag, &set);
+        assert_blobs_served(&reg, repo, &set.blobs());
+    }
+    let tags = skopeo.list_tags(&format!("docker://{}/interop/race", reg.addr()));
+    let mut sorted = tags.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec!["t0", "t1", "t2"]);
+}
+
+#[test]
+fn skopeo_copies_a_large_layer() {
+    let skopeo = Skopeo::new();
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let big = large_layer(Flavor::Oci, "large", 24 << 20);
+    let img = Image::from_layers(Flavor::Oci, Platform::linux_amd64(), "large", vec![big]);
+    img.write_oci_layout(&tmp.path().join("src"), "v1");
+
+    skopeo.copy(&oci_dir(&tmp.path().join("src"), "v1"), &reg.docker("interop/large", "v1"), &[]);
+    let layer = &img.layers[0].blob;
+    let r = reg.get_blob("interop/large", &layer.digest);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), layer.size());
+    assert_eq!(sha256_digest(&r.body), layer.digest);
+    let h = http::head(&reg.url(&format!("/v2/interop/large/blobs/{}", layer.digest)), &[])
+        .unwrap();
+    assert_eq!(h.status, 200, "{h}");
+    assert_eq!(
+        h.header("content-length"),
+        Some(layer.size().to_string().as_str()),
+        "HEAD Content-Length:\n{h}"
+    );
+
+    let out = tmp.path().join("out");
+    skopeo.copy(&reg.docker("interop/large", "v1"), &oci_dir(&out, "v1"), &[]);
+    let layout = OciLayout::open(&out);
+    assert_eq!(layout.descriptor("v1")["digest"], img.manifest.digest);
+    assert_eq!(layout.blob(&layer.digest).len(), layer.size());
+}
+
+#[test]
+fn content_survives_kill_and_restart() {
+    let skopeo = Skopeo::new();
+    let mut reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let set = ImageSet::multi_platform(Flavor::Oci, "restart");
+    set.write_oci_layout(&tmp.path().join("src"), "v1");
+    let docker = ImageSet::multi_platform(Flavor::Docker, "restart");
+    docker.write_dir(&tmp.path().join("docker"));
+    skopeo.copy_all(&oci_dir(&tmp.path().join("src"), "v1"), &reg.docker("interop/keep", "v1"));
+    skopeo.copy_all(&dir_ref(&tmp.path().join("docker")), &reg.docker("interop/keep", "docker"));
+
+    reg.kill_and_restart();
+
+    assert_eq!(
+        skopeo.list_tags(&format!("docker://{}/interop/keep", reg.addr())),
+        vec!["docker", "v1"]
+    );
+    assert_set_via_skopeo(&skopeo, &reg, "interop/keep", "v1", &set);
+    assert_set_via_skopeo(&skopeo, &reg, "interop/keep", "docker", &docker);
+    let out = tmp.path().join("out");
+    skopeo.copy_all(&reg.docker("interop/keep", "v1"), &oci_dir(&out, "v1"));
+    assert_layout_holds_set(&OciLayout::open(&out), "v1", &set);
 }
