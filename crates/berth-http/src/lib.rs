@@ -114,3 +114,33 @@ async fn metrics(State(app): State<App>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod docs {
+    use super::*;
+
+    /// Every metric /metrics can show is in the metrics reference.
+    #[test]
+    fn reference_lists_every_metric() {
+        let mut prom = PromRegistry::default();
+        berth_registry::RegistryMetrics::default().register(&mut prom);
+        HttpMetrics::default().register(&mut prom);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &prom).unwrap();
+        let reference = include_str!("../../../docs/reference/metrics.md");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 5, "{text}");
+        for name in names {
+            let wire = if text.contains(&format!("# TYPE {name} counter")) {
+                format!("`{name}_total`")
+            } else {
+                format!("`{name}`")
+            };
+            assert!(reference.contains(&wire), "docs/reference/metrics.md lacks {wire}");
+        }
+    }
+}

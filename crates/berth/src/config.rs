@@ -195,3 +195,22 @@ mod tests {
         assert!(err("[server]\nlog = \"[[[\"").starts_with("server.log:"));
     }
 }
+
+#[cfg(test)]
+mod docs {
+    /// Every key of the default configuration is in the configuration reference.
+    #[test]
+    fn reference_lists_every_key() {
+        let reference = include_str!("../../../docs/reference/config.md");
+        let mut table = "";
+        for line in super::DEFAULT_TOML.lines() {
+            let line = line.trim();
+            if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = t;
+            } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) {
+                let path = format!("`{table}.{key}`");
+                assert!(reference.contains(&path), "docs/reference/config.md lacks {path}");
+            }
+        }
+    }
+}
