@@ -1,5 +1,5 @@
-//! Real registry clients driven from tests: skopeo, podman, CNCF distribution
-//! (`docker-registry`, as a reference upstream) and a tiny blocking HTTP client.
+//! Real registry clients driven from tests: skopeo, podman, containerd (`ctr`), CNCF
+//! distribution (`docker-registry`, as a reference upstream) and a tiny blocking HTTP client.
 //!
 //! Every wrapper fails loudly: a client that is not installed panics in [`require`] (the
 //! test command installs them; tests never skip), and a command that fails panics with its
@@ -31,7 +31,7 @@ pub fn require(cmd: &str) -> PathBuf {
     }
     panic!(
         "`{cmd}` is not installed (not found on PATH). The interop tests need the real \
-         clients: apt-get install -y skopeo podman docker-registry"
+         clients: apt-get install -y skopeo podman containerd docker-registry"
     );
 }
 
@@ -268,6 +268,22 @@ impl Skopeo {
             .collect()
     }
 
+    /// `skopeo sync --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false
+    /// [extra] SRC DST` (`extra` names the transports: `--src docker --dest dir`).
+    pub fn sync(&self, extra: &[&str], src: &str, dst: &str) -> Output {
+        let mut args = vec![
+            "sync",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ];
+        args.extend_from_slice(extra);
+        args.push(src);
+        args.push(dst);
+        self.try_run(&args).ok()
+    }
+
     pub fn try_delete(&self, image: &str) -> Output {
         self.try_run(&["delete", "--tls-verify=false", "--retry-times=0", image])
     }
@@ -277,7 +293,9 @@ impl Skopeo {
     }
 }
 
-/// podman as root with its own throw-away storage (vfs) under a temporary directory.
+/// podman as root with its own throw-away storage (vfs) under a temporary directory, which
+/// is simply removed on drop (vfs layers are plain directories; pulls and pushes leave no
+/// processes or mounts behind).
 pub struct Podman {
     bin: PathBuf,
     dir: tempfile::TempDir,
@@ -419,20 +437,106 @@ impl Podman {
     }
 }
 
-impl Drop for Podman {
-    fn drop(&mut self) {
-        // vfs layers are plain directories; a best-effort reset keeps the tempdir removable
-        // even if podman left read-only files behind.
-        let _ = Command::new(&self.bin)
-            .args(["--storage-driver=vfs", "--root"])
-            .arg(self.dir.path().join("root"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("runroot"))
-            .args(["system", "reset", "--force"])
-            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+/// A private containerd daemon (root, state and socket in a temporary directory, CRI off)
+/// driven with `ctr`. Killed on drop.
+pub struct Containerd {
+    child: Option<Child>,
+    ctr: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Default for Containerd {
+    fn default() -> Self {
+        Self::start()
+    }
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let bin = require("containerd");
+        let ctr = require("ctr");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.internal.v1.tracing\", \
+                 \"io.containerd.tracing.processor.v1.otlp\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+                 [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                sock = d.join("containerd.sock").display(),
+            ),
+        )
+        .expect("write containerd config");
+        let log = d.join("containerd.log");
+        let mut child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            .stderr(std::fs::File::create(&log).expect("containerd.log"))
+            .spawn()
+            .expect("spawn containerd");
+        let mut c = Containerd {
+            child: None,
+            ctr,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "containerd exited with {st}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if c.dir.path().join("containerd.sock").exists() && c.try_ctr(&["version"]).success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "containerd did not come up within 30s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.child = Some(child);
+        c
+    }
+
+    /// `ctr --address SOCK --namespace berth-interop ARGS`, whatever the exit status.
+    pub fn try_ctr(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(&self.ctr);
+        c.arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["--namespace", "berth-interop"])
+            .args(args);
+        run(&mut c, CLIENT_TIMEOUT)
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.try_ctr(args).ok()
+    }
+
+    /// `ctr content get DIGEST`: a blob from containerd's content store.
+    pub fn content(&self, digest: &str) -> Vec<u8> {
+        self.ctr(&["content", "get", digest]).stdout
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -456,65 +560,83 @@ pub struct Distribution {
 
 impl Distribution {
     pub fn start() -> Distribution {
-        let bin = require("docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
-        for attempt in 0.. {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                     http:\n  addr: {addr}\n  secret: berth-interop-test\n",
-                    dir.path().join("data").display()
-                ),
-            )
-            .expect("write config.yml");
-            let mut cmd = Command::new(&bin);
-            cmd.arg("serve").arg(&config);
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("REGISTRY_") {
-                    cmd.env_remove(k);
-                }
-            }
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if let Ok(r) = http::get(&format!("http://{addr}/v2/"), &[])
-                    && r.status == 200
-                {
+        let mut last_err = String::new();
+        for _ in 0..4 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            match Self::spawn(dir.path(), &addr) {
+                Ok(child) => {
                     return Distribution {
                         child: Some(child),
                         dir,
                         addr,
                     };
                 }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait docker-registry");
-            if attempt >= 3 {
-                panic!(
-                    "docker-registry did not start on {addr}:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                Err(e) => last_err = e,
             }
         }
-        unreachable!()
+        panic!("docker-registry did not start: {last_err}");
+    }
+
+    /// Starts `docker-registry serve` on `addr` with storage under `dir`, waiting until
+    /// `/v2/` answers.
+    fn spawn(dir: &Path, addr: &str) -> Result<Child, String> {
+        let bin = require("docker-registry");
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {addr}\n  secret: berth-interop-test\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("write config.yml");
+        let log = dir.join("registry.log");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve").arg(&config);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("registry.log"))
+            .spawn()
+            .expect("spawn docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("exited with {st} on {addr}:\n{log}"));
+            }
+            if let Ok(r) = http::get(&format!("http://{addr}/v2/"), &[])
+                && r.status == 200
+            {
+                return Ok(child);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("no answer on {addr} within 20s:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, then start again on the same port and storage.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let child = Self::spawn(self.dir.path(), &self.addr)
+            .unwrap_or_else(|e| panic!("docker-registry did not restart: {e}"));
+        self.child = Some(child);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -580,6 +702,8 @@ pub mod http {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .max_redirects(0)
+                // Loopback only: never through a proxy from the environment.
+                .proxy(None)
                 .timeout_global(Some(Duration::from_secs(60)))
                 .build()
                 .into()

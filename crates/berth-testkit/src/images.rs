@@ -345,6 +345,16 @@ impl Image {
         self.layers.iter().map(|l| l.blob.digest.clone()).collect()
     }
 
+    /// The ChainID of the image's top layer (what containerd's `--print-chainid` reports):
+    /// `chain(L0) = diff_id(L0)`, `chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln))`.
+    pub fn chain_id(&self) -> String {
+        let mut ids = self.layers.iter().map(|l| l.diff_id.clone());
+        let first = ids.next().expect("at least one layer");
+        ids.fold(first, |chain, diff_id| {
+            sha256_digest(format!("{chain} {diff_id}").as_bytes())
+        })
+    }
+
     /// The image ID podman/docker give this image: the hex of the config digest.
     pub fn image_id(&self) -> &str {
         self.config.hex()

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use berth_testkit::TestServer;
 use berth_testkit::clients::{Distribution, http};
 use berth_testkit::images::{
-    self, Blob, Flavor, Image, ImageSet, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST,
-    Platform, docker_style_json, sha256_digest,
+    self, Blob, Flavor, Image, ImageSet, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Platform,
+    docker_style_json, sha256_digest,
 };
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{ImageIndexEntry, OciManifest};
@@ -33,9 +33,7 @@ impl Registry {
     fn start() -> Registry {
         match std::env::var("BERTH_INTEROP_TARGET").as_deref() {
             Ok("distribution") => Registry::Distribution(Distribution::start()),
-            Ok("berth") | Err(_) => {
-                Registry::Berth(TestServer::start(env!("CARGO_BIN_EXE_berth"), ""))
-            }
+            Ok("berth") | Err(_) => Registry::Berth(TestServer::start(env!("CARGO_BIN_EXE_berth"), "")),
             Ok(other) => panic!("BERTH_INTEROP_TARGET={other}: expected berth or distribution"),
         }
     }
@@ -129,10 +127,7 @@ async fn oci_client_push_then_pull_image() {
         .map(|l| ImageLayer::new(l.blob.data.clone(), OCI_LAYER_GZIP.to_string(), None))
         .collect();
     let config = Config::new(img.config.data.clone(), OCI_CONFIG.to_string(), None);
-    let resp = c
-        .push(&r, &layers, config, &ANON, None)
-        .await
-        .expect("push");
+    let resp = c.push(&r, &layers, config, &ANON, None).await.expect("push");
     assert!(!resp.manifest_url.is_empty());
 
     let pulled = c.pull(&r, &ANON, vec![OCI_LAYER_GZIP]).await.expect("pull");
@@ -279,10 +274,7 @@ async fn oci_client_list_tags_with_pagination() {
     tags.sort_unstable();
     let r = reg.tag("ocic/tags", "latest");
 
-    let all = c
-        .list_tags(&r, &ANON, None, None)
-        .await
-        .expect("list_tags");
+    let all = c.list_tags(&r, &ANON, None, None).await.expect("list_tags");
     assert_eq!(all.name, "ocic/tags");
     assert_eq!(all.tags, tags, "all tags, lexical order");
 
@@ -406,11 +398,7 @@ async fn oci_client_index_and_platform_resolution() {
             .await
             .expect("pull through index");
         assert_eq!(pulled.config.data.as_ref(), &expected.config.data[..]);
-        assert_eq!(
-            layer_set(&pulled.layers),
-            layer_set_of(expected),
-            "{arch} layers"
-        );
+        assert_eq!(layer_set(&pulled.layers), layer_set_of(expected), "{arch} layers");
     }
 }
 
@@ -516,11 +504,7 @@ async fn oci_client_referrers() {
         .pull_referrers(&subject, Some(sbom_type))
         .await
         .expect("filtered referrers");
-    let digests: Vec<&str> = only_sbom
-        .manifests
-        .iter()
-        .map(|e| e.digest.as_str())
-        .collect();
+    let digests: Vec<&str> = only_sbom.manifests.iter().map(|e| e.digest.as_str()).collect();
     assert_eq!(digests, vec![sbom.digest.as_str()], "artifactType filter");
 
     // The raw endpoint: an OCI index, and the filter is reported as applied.
@@ -534,15 +518,12 @@ async fn oci_client_referrers() {
     );
     assert_eq!(resp.status, 200, "{resp}");
     assert_eq!(
-        resp.header("content-type").map(|v| v.split(';').next().unwrap().trim()),
+        resp.header("content-type")
+            .map(|v| v.split(';').next().unwrap().trim()),
         Some(OCI_INDEX),
         "{resp}"
     );
-    assert_eq!(
-        resp.header("oci-filters-applied"),
-        Some("artifactType"),
-        "{resp}"
-    );
+    assert_eq!(resp.header("oci-filters-applied"), Some("artifactType"), "{resp}");
     let v: Value = serde_json::from_slice(&resp.body).expect("referrers json");
     assert_eq!(v["manifests"].as_array().map(Vec::len), Some(1), "{v}");
 
