@@ -140,7 +140,10 @@ mod docs {
             } else {
                 format!("`{name}`")
             };
-            assert!(reference.contains(&wire), "docs/reference/metrics.md lacks {wire}");
+            assert!(
+                reference.contains(&wire),
+                "docs/reference/metrics.md lacks {wire}"
+            );
         }
     }
 }

@@ -22,9 +22,9 @@ use tokio::task::{JoinHandle, spawn_blocking};
 use crate::Result;
 use crate::blob::{BlobRead, BlobSink, BlobStore, ByteRange};
 
-/// Bytes read from disk per chunk when serving (see docs: 1 MiB halves CPU per GiB
-/// against 64 KiB reads).
-pub const READ_CHUNK: usize = 1 << 20;
+/// Bytes read from disk per chunk when serving: large enough that per-chunk overhead is
+/// small next to the copy, small enough that many parallel downloads stay cheap in memory.
+pub const READ_CHUNK: usize = 512 << 10;
 const WRITE_BUFFER: usize = 1 << 20;
 
 pub struct FsBlobStore {
@@ -71,54 +71,120 @@ impl FsBlobStore {
 }
 
 struct FsSink {
-    tx: Option<mpsc::Sender<Bytes>>,
-    worker: JoinHandle<io::Result<(u64, DigestHasher)>>,
+    to_hasher: Option<mpsc::Sender<Bytes>>,
+    to_writer: Option<mpsc::Sender<Bytes>>,
+    hasher: JoinHandle<DigestHasher>,
+    writer: JoinHandle<io::Result<u64>>,
 }
 
 impl FsSink {
-    /// Hashing and writing run on a blocking thread fed through a bounded channel, so the
-    /// network side and the disk side of an upload proceed in parallel.
-    fn start(path: PathBuf, offset: u64, mut hasher: DigestHasher) -> FsSink {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
-        let worker = spawn_blocking(move || {
+    /// Hashing and writing each run on their own blocking thread, fed the same chunks
+    /// through bounded channels: hashing bounds upload speed, so nothing else may wait
+    /// on the thread that hashes, and the network side keeps receiving meanwhile.
+    fn start(path: PathBuf, offset: u64, mut state: DigestHasher) -> FsSink {
+        let (to_hasher, mut hash_rx) = mpsc::channel::<Bytes>(8);
+        let (to_writer, mut write_rx) = mpsc::channel::<Bytes>(8);
+        let hasher = spawn_blocking(move || {
+            while let Some(chunk) = hash_rx.blocking_recv() {
+                state.update(&chunk);
+            }
+            state
+        });
+        let writer = spawn_blocking(move || {
             let mut file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(offset)?;
             file.seek(SeekFrom::Start(offset))?;
             let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
             let mut size = offset;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
+            while let Some(chunk) = write_rx.blocking_recv() {
                 out.write_all(&chunk)?;
                 size += chunk.len() as u64;
             }
             out.flush()?;
-            Ok((size, hasher))
+            Ok(size)
         });
-        FsSink { tx: Some(tx), worker }
+        FsSink {
+            to_hasher: Some(to_hasher),
+            to_writer: Some(to_writer),
+            hasher,
+            writer,
+        }
+    }
+
+    async fn writer_error(&mut self) -> io::Error {
+        self.to_writer = None;
+        match (&mut self.writer).await {
+            Ok(Err(e)) => e,
+            _ => io::Error::other("upload writer stopped"),
+        }
     }
 }
 
 #[async_trait]
 impl BlobSink for FsSink {
     async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
-        let tx = self.tx.as_ref().expect("write after finish");
-        if tx.send(chunk).await.is_err() {
-            // The worker stopped early: report its error.
-            self.tx = None;
-            return match (&mut self.worker).await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(io::Error::other("upload writer stopped")),
-            };
+        let (Some(h), Some(w)) = (&self.to_hasher, &self.to_writer) else {
+            return Err(io::Error::other("write after finish"));
+        };
+        if w.send(chunk.clone()).await.is_err() {
+            return Err(self.writer_error().await);
+        }
+        if h.send(chunk).await.is_err() {
+            return Err(io::Error::other("upload hasher stopped"));
         }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> io::Result<(u64, DigestHasher)> {
-        self.tx = None;
-        (&mut self.worker)
+        self.to_hasher = None;
+        self.to_writer = None;
+        let size = (&mut self.writer)
             .await
-            .unwrap_or_else(|e| Err(io::Error::other(format!("upload writer failed: {e}"))))
+            .unwrap_or_else(|e| Err(io::Error::other(format!("upload writer failed: {e}"))))?;
+        let state = (&mut self.hasher)
+            .await
+            .map_err(|e| io::Error::other(format!("upload hasher failed: {e}")))?;
+        Ok((size, state))
     }
+}
+
+type ChunkRead = JoinHandle<io::Result<(File, Vec<u8>)>>;
+
+/// Reads the next chunk on the blocking pool. No thread is held while the client is slow:
+/// each chunk is one short blocking task.
+fn read_chunk(file: File, remaining: u64) -> ChunkRead {
+    spawn_blocking(move || {
+        let want = remaining.min(READ_CHUNK as u64);
+        let mut buf = Vec::with_capacity(want as usize);
+        let n = (&file).take(want).read_to_end(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("blob file ended with {remaining} bytes still owed"),
+            ));
+        }
+        Ok((file, buf))
+    })
+}
+
+/// Streams `len` bytes from `file`, reading one chunk ahead so the disk read of the next
+/// chunk overlaps the network write of this one. Ends with an error, never early.
+fn read_ahead(file: File, len: u64) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
+    let first = (len > 0).then(|| read_chunk(file, len));
+    futures_util::stream::unfold((first, len), |(pending, remaining)| async move {
+        let read = pending?
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("blob read task failed: {e}"))));
+        match read {
+            Ok((file, buf)) => {
+                let left = remaining - buf.len() as u64;
+                let next = (left > 0).then(|| read_chunk(file, left));
+                Some((Ok(Bytes::from(buf)), (next, left)))
+            }
+            Err(e) => Some((Err(e), (None, 0))),
+        }
+    })
+    .boxed()
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -218,33 +284,7 @@ impl BlobStore for FsBlobStore {
         if start > 0 {
             file.seek(SeekFrom::Start(start))?;
         }
-        let body = futures_util::stream::unfold((Some(file), len), |(file, remaining)| async move {
-            let file = file?;
-            if remaining == 0 {
-                return None;
-            }
-            let want = remaining.min(READ_CHUNK as u64);
-            let read = blocking(move || {
-                let mut buf = Vec::with_capacity(want as usize);
-                let n = (&file).take(want).read_to_end(&mut buf)?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("blob file ended with {remaining} bytes still owed"),
-                    ));
-                }
-                Ok((file, buf))
-            })
-            .await;
-            match read {
-                Ok((file, buf)) => {
-                    let n = buf.len() as u64;
-                    Some((Ok(Bytes::from(buf)), (Some(file), remaining - n)))
-                }
-                Err(e) => Some((Err(e), (None, 0))),
-            }
-        })
-        .boxed();
+        let body = read_ahead(file, len);
         Ok(Some(BlobRead { size, body }))
     }
 

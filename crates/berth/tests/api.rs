@@ -635,7 +635,10 @@ fn damaged_bytes_on_disk_are_never_served_as_success() {
 
 #[test]
 fn idle_upload_sessions_expire() {
-    let s = TestServer::start(BIN, "[uploads]\nexpire_after = \"1s\"\nexpire_interval = \"500ms\"\n");
+    let s = TestServer::start(
+        BIN,
+        "[uploads]\nexpire_after = \"1s\"\nexpire_interval = \"500ms\"\n",
+    );
     let b = s.url("");
     let loc = req("POST", &format!("{b}/v2/idle/blobs/uploads/"), &[], None)
         .header("location")
@@ -645,9 +648,19 @@ fn idle_upload_sessions_expire() {
     assert_eq!(get(&format!("{b}{loc}")).status, 204);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while get(&format!("{b}{loc}")).status != 404 {
-        assert!(std::time::Instant::now() < deadline, "idle upload was never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle upload was never expired"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(std::fs::read_dir(s.data_dir().join("uploads")).unwrap().count(), 0);
-    assert!(get(&format!("{b}/metrics")).text().contains("berth_uploads_expired_total 1"));
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("uploads")).unwrap().count(),
+        0
+    );
+    assert!(
+        get(&format!("{b}/metrics"))
+            .text()
+            .contains("berth_uploads_expired_total 1")
+    );
 }
