@@ -113,7 +113,9 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(S::BAD_REQUEST, C::ManifestBlobUnknown, msg).detail(json!({"missing": d}))
             }
             E::ManifestTooLarge { .. } => ApiError::new(S::PAYLOAD_TOO_LARGE, C::SizeInvalid, msg),
-            E::ManifestReferenced { .. } => ApiError::new(S::CONFLICT, C::Denied, msg),
+            E::ManifestReferenced { .. } | E::BlobReferenced { .. } => {
+                ApiError::new(S::CONFLICT, C::Denied, msg)
+            }
             E::NameUnknown(_) => ApiError::new(S::NOT_FOUND, C::NameUnknown, msg),
             E::RangeInvalid { size } => ApiError::new(S::RANGE_NOT_SATISFIABLE, C::RangeInvalid, msg)
                 .header("content-range", format!("bytes */{size}")),

@@ -2,7 +2,7 @@
 //! that says yes while the disk says no is an error, never a short 200.
 
 use berth_oci::{Digest, RepoName};
-use berth_store::{BlobRead, ByteRange};
+use berth_store::{BlobRead, ByteRange, Removal};
 use bytes::Bytes;
 
 use crate::metrics::ProblemLabel;
@@ -79,12 +79,16 @@ impl Registry {
         Err(RegistryError::BlobDamaged(digest.clone()))
     }
 
-    /// Removes a blob from `repo` (its link). The bytes stay while anything else uses them.
+    /// Removes a blob from `repo` (its link), unless a manifest there still uses it. The
+    /// bytes stay while anything else uses them.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        if self.meta.unlink_blob(repo, digest).await? {
-            Ok(())
-        } else {
-            Err(RegistryError::BlobUnknown(digest.clone()))
+        match self.meta.unlink_blob(repo, digest).await? {
+            Removal::Done => Ok(()),
+            Removal::NotFound => Err(RegistryError::BlobUnknown(digest.clone())),
+            Removal::ReferencedBy(manifest) => Err(RegistryError::BlobReferenced {
+                blob: digest.clone(),
+                manifest,
+            }),
         }
     }
 }

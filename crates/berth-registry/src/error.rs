@@ -31,6 +31,8 @@ pub enum RegistryError {
     ManifestTooLarge { size: u64, limit: u64 },
     #[error("manifest {child} is a child of index {parent} in this repository; delete the index first")]
     ManifestReferenced { child: Digest, parent: Digest },
+    #[error("blob {blob} is used by manifest {manifest} in this repository; delete the manifest first")]
+    BlobReferenced { blob: Digest, manifest: Digest },
     #[error("repository {0} is not known")]
     NameUnknown(RepoName),
     #[error("requested range is outside the blob's {size} bytes")]

@@ -2,7 +2,7 @@
 
 use berth_oci::manifest;
 use berth_oci::{Descriptor, Digest, Reference, RepoName};
-use berth_store::{DeleteManifest, ManifestRow, NewManifest, PutManifest};
+use berth_store::{ManifestRow, NewManifest, PutManifest, Removal};
 
 use crate::{Registry, RegistryError, Result};
 
@@ -107,9 +107,9 @@ impl Registry {
                 }
             }
             Reference::Digest(d) => match self.meta.delete_manifest(repo, d).await? {
-                DeleteManifest::Deleted => Ok(()),
-                DeleteManifest::NotFound => Err(unknown()),
-                DeleteManifest::ReferencedBy(parent) => Err(RegistryError::ManifestReferenced {
+                Removal::Done => Ok(()),
+                Removal::NotFound => Err(unknown()),
+                Removal::ReferencedBy(parent) => Err(RegistryError::ManifestReferenced {
                     child: d.clone(),
                     parent,
                 }),

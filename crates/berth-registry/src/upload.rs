@@ -1,6 +1,8 @@
 //! Uploads: sessions that receive bytes in one or more requests and become blobs once
 //! their digest is verified.
 
+use std::collections::HashSet;
+
 use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
 use berth_store::UploadRow;
 use bytes::Bytes;
@@ -204,6 +206,30 @@ impl Registry {
         from: Option<&RepoName>,
     ) -> Result<Option<u64>> {
         Ok(self.meta.link_blob(repo, digest, from, self.clock.now()).await?)
+    }
+
+    /// Reconciles upload areas with upload rows after a restart: an area without a row
+    /// (a crash while one was created or cancelled) is deleted, and so is a row without an
+    /// area (a crash between moving finished bytes into place and recording them).
+    /// Returns how many of each were removed.
+    pub async fn recover_uploads(&self) -> Result<(usize, usize)> {
+        let on_disk: HashSet<UploadId> = self.blobs.upload_ids().await?.into_iter().collect();
+        let rows: HashSet<UploadId> = self
+            .meta
+            .uploads_idle_since(i64::MAX)
+            .await?
+            .into_iter()
+            .collect();
+        let (mut areas, mut stale_rows) = (0, 0);
+        for id in on_disk.difference(&rows) {
+            self.blobs.abort_upload(id).await?;
+            areas += 1;
+        }
+        for id in rows.difference(&on_disk) {
+            self.meta.delete_upload(id).await?;
+            stale_rows += 1;
+        }
+        Ok((areas, stale_rows))
     }
 
     /// Removes upload sessions idle for longer than `max_idle_secs`; returns how many.

@@ -51,6 +51,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Makes the upload durable and moves it into place as `digest`. The caller has
     /// verified the digest; after this returns the bytes survive a crash.
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> Result<()>;
+    /// Ids of every upload area present (to reconcile with the metadata after a crash).
+    async fn upload_ids(&self) -> Result<Vec<UploadId>>;
     /// Drops an upload area (missing is fine).
     async fn abort_upload(&self, id: &UploadId) -> Result<()>;
     /// Size of the stored blob, if its bytes exist.

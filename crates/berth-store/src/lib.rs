@@ -14,8 +14,8 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange};
 pub use meta::{
-    BlobMeta, DeleteManifest, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, Referrer,
-    UploadMeta, UploadRow,
+    BlobMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, Referrer, Removal, UploadMeta,
+    UploadRow,
 };
 
 #[derive(Debug, thiserror::Error)]

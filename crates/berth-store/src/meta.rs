@@ -55,11 +55,12 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
+/// The outcome of removing a manifest or a blob link from a repository.
 #[derive(Debug, PartialEq, Eq)]
-pub enum DeleteManifest {
-    Deleted,
+pub enum Removal {
+    Done,
     NotFound,
-    /// Refused: an index in the same repository lists this manifest as a child.
+    /// Refused: a manifest in the same repository still references it.
     ReferencedBy(Digest),
 }
 
@@ -88,8 +89,9 @@ pub trait BlobMeta: Send + Sync {
         from: Option<&RepoName>,
         now: i64,
     ) -> Result<Option<u64>>;
-    /// Removes a blob's link from `repo`; the bytes stay until garbage collection.
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Removes a blob's link from `repo` unless a manifest there references it; the bytes
+    /// stay until garbage collection.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Removal>;
 }
 
 #[async_trait]
@@ -101,7 +103,7 @@ pub trait ManifestMeta: Send + Sync {
     async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>>;
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
     /// Deletes a manifest, its references and every tag pointing at it.
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<DeleteManifest>;
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Removal>;
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool>;
     /// Tag names after `last` in lexical order, at most `limit`.
     async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<Vec<String>>;

@@ -193,13 +193,30 @@ impl BlobMeta for SqliteMeta {
         Ok(Some(size as u64))
     }
 
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Removal> {
+        let (repo, d) = (repo.as_str(), digest.to_string());
+        let mut tx = self.write_tx().await?;
+        let parent: Option<String> = sqlx::query_scalar(
+            "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind IN ('config', 'layer') LIMIT 1",
+        )
+        .bind(repo)
+        .bind(&d)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(p) = parent {
+            return Ok(Removal::ReferencedBy(parse_digest(&p)?));
+        }
         let r = sqlx::query("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?")
-            .bind(repo.as_str())
-            .bind(digest.to_string())
-            .execute(&self.pool)
+            .bind(repo)
+            .bind(&d)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() > 0)
+        tx.commit().await?;
+        Ok(if r.rows_affected() > 0 {
+            Removal::Done
+        } else {
+            Removal::NotFound
+        })
     }
 }
 
@@ -306,7 +323,7 @@ impl ManifestMeta for SqliteMeta {
         Ok(r.rows_affected() > 0)
     }
 
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<DeleteManifest> {
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Removal> {
         let (repo, d) = (repo.as_str(), digest.to_string());
         let mut tx = self.write_tx().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?")
@@ -315,7 +332,7 @@ impl ManifestMeta for SqliteMeta {
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
-            return Ok(DeleteManifest::NotFound);
+            return Ok(Removal::NotFound);
         }
         let parent: Option<String> = sqlx::query_scalar(
             "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind = 'manifest' LIMIT 1",
@@ -325,7 +342,7 @@ impl ManifestMeta for SqliteMeta {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(p) = parent {
-            return Ok(DeleteManifest::ReferencedBy(parse_digest(&p)?));
+            return Ok(Removal::ReferencedBy(parse_digest(&p)?));
         }
         for stmt in [
             "DELETE FROM tags WHERE repo = ? AND digest = ?",
@@ -335,7 +352,7 @@ impl ManifestMeta for SqliteMeta {
             sqlx::query(stmt).bind(repo).bind(&d).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(DeleteManifest::Deleted)
+        Ok(Removal::Done)
     }
 
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {

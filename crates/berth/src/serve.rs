@@ -79,6 +79,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         prometheus: Arc::new(prometheus),
     };
 
+    let (areas, rows) = registry
+        .recover_uploads()
+        .await
+        .context("reconciling upload sessions")?;
+    if areas + rows > 0 {
+        tracing::info!(
+            areas,
+            rows,
+            "removed upload sessions left half-made by an earlier crash"
+        );
+    }
     tokio::spawn(expire_uploads(registry.clone(), config.uploads.clone()));
 
     let listener = listen(config.server.listen)?;

@@ -394,6 +394,11 @@ fn manifests_push_pull_delete_and_validation() {
     let r = put_manifest(&b, "app", "multi", OCI_INDEX, index.as_bytes());
     assert_eq!(r.status, 201, "{}", r.text());
     let id = sha256(index.as_bytes());
+    // Nor can a blob a stored manifest uses.
+    let r = req("DELETE", &format!("{b}/v2/app/blobs/{l}"), &[], None);
+    assert_eq!((r.status, r.code().as_str()), (409, "DENIED"), "{}", r.text());
+    assert!(r.text().contains(&md), "{}", r.text());
+    assert_eq!(get(&format!("{b}/v2/app/blobs/{l}")).body, layer);
     // A child of a live index cannot be deleted out from under it.
     let r = req("DELETE", &format!("{b}/v2/app/manifests/{md}"), &[], None);
     assert_eq!((r.status, r.code().as_str()), (409, "DENIED"), "{}", r.text());
