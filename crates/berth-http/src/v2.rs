@@ -70,10 +70,7 @@ impl Params {
 
 async fn handle(app: &App, req: Request) -> Result<Response> {
     let p = req.uri().path();
-    let rest = match p.strip_prefix("/v2/") {
-        Some(rest) => rest,
-        None => "",
-    };
+    let rest = p.strip_prefix("/v2/").unwrap_or_default();
     let route = Route::parse(rest)?;
     let m = req.method().clone();
     let params = Params::of(&req);

@@ -221,9 +221,8 @@ mod tests {
             parse(br#"{"schemaVersion":2}"#, Some(media::OCI_MANIFEST)),
             Err(ManifestError::MissingField { field: "config", .. })
         ));
-        let bad_digest = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"x","digest":"sha256:nothex","size":1}}]}}"#
-        );
+        let bad_digest =
+            r#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:nothex","size":1}]}"#;
         assert!(matches!(
             parse(bad_digest.as_bytes(), Some(media::OCI_INDEX)),
             Err(ManifestError::Json(_))

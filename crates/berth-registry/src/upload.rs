@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use berth_oci::{Algorithm, Digest, DigestHasher, RepoName, UploadId};
-use berth_store::UploadRow;
+use berth_store::{StoreError, UploadRow};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
@@ -19,6 +19,17 @@ struct BusyGuard<'a> {
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
         self.registry.busy.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// An upload area that vanished (expired or cancelled between the row lookup and now)
+/// means the upload is unknown, not that storage failed.
+fn area_error(id: &UploadId, e: StoreError) -> RegistryError {
+    match e {
+        StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            RegistryError::UploadUnknown(id.clone())
+        }
+        e => e.into(),
     }
 }
 
@@ -64,13 +75,17 @@ impl Registry {
         let cached = self.hashers.lock().unwrap().remove(&row.id);
         let hasher = match cached {
             Some((n, h)) if n == row.size => h,
-            _ => {
-                self.blobs
-                    .hash_upload(&row.id, row.size, DigestHasher::new(Algorithm::Sha256))
-                    .await?
-            }
+            _ => self
+                .blobs
+                .hash_upload(&row.id, row.size, DigestHasher::new(Algorithm::Sha256))
+                .await
+                .map_err(|e| area_error(&row.id, e))?,
         };
-        let mut sink = self.blobs.append(&row.id, row.size, hasher).await?;
+        let mut sink = self
+            .blobs
+            .append(&row.id, row.size, hasher)
+            .await
+            .map_err(|e| area_error(&row.id, e))?;
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
@@ -79,9 +94,9 @@ impl Registry {
                     row.size
                 ))
             })?;
-            sink.write(chunk).await.map_err(berth_store::StoreError::from)?;
+            sink.write(chunk).await.map_err(StoreError::from)?;
         }
-        let (size, hasher) = sink.finish().await.map_err(berth_store::StoreError::from)?;
+        let (size, hasher) = sink.finish().await.map_err(StoreError::from)?;
         Ok((size, hasher))
     }
 
@@ -148,7 +163,8 @@ impl Registry {
             hasher = self
                 .blobs
                 .hash_upload(id, size, DigestHasher::new(digest.algorithm()))
-                .await?;
+                .await
+                .map_err(|e| area_error(id, e))?;
         }
         let actual = hasher.finish();
         if actual != *digest {

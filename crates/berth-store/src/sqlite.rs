@@ -93,6 +93,36 @@ async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &RepoName, now
     Ok(())
 }
 
+async fn link(tx: &mut Transaction<'static, Sqlite>, repo: &RepoName, digest: &str, now: i64) -> Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO repo_blobs(repo, digest, created_at) VALUES (?, ?, ?)")
+        .bind(repo.as_str())
+        .bind(digest)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const BLOB_PARENT: &str =
+    "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind IN ('config', 'layer') LIMIT 1";
+const MANIFEST_PARENT: &str =
+    "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind = 'manifest' LIMIT 1";
+
+/// A manifest in `repo` that references `child` (as `query` defines references).
+async fn first_parent(
+    tx: &mut Transaction<'static, Sqlite>,
+    query: &'static str,
+    repo: &str,
+    child: &str,
+) -> Result<Option<Digest>> {
+    let parent: Option<String> = sqlx::query_scalar(query)
+        .bind(repo)
+        .bind(child)
+        .fetch_optional(&mut **tx)
+        .await?;
+    parent.as_deref().map(parse_digest).transpose()
+}
+
 fn manifest_row(row: sqlx::sqlite::SqliteRow) -> Result<ManifestRow> {
     let subject: Option<String> = row.get(2);
     Ok(ManifestRow {
@@ -122,12 +152,7 @@ impl BlobMeta for SqliteMeta {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT OR IGNORE INTO repo_blobs(repo, digest, created_at) VALUES (?, ?, ?)")
-            .bind(repo.as_str())
-            .bind(&d)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        link(&mut tx, repo, &d, now).await?;
         if let Some(id) = upload {
             sqlx::query("DELETE FROM uploads WHERE id = ?")
                 .bind(id.as_str())
@@ -183,12 +208,7 @@ impl BlobMeta for SqliteMeta {
             return Ok(None);
         };
         ensure_repo(&mut tx, repo, now).await?;
-        sqlx::query("INSERT OR IGNORE INTO repo_blobs(repo, digest, created_at) VALUES (?, ?, ?)")
-            .bind(repo.as_str())
-            .bind(&d)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        link(&mut tx, repo, &d, now).await?;
         tx.commit().await?;
         Ok(Some(size as u64))
     }
@@ -196,15 +216,8 @@ impl BlobMeta for SqliteMeta {
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Removal> {
         let (repo, d) = (repo.as_str(), digest.to_string());
         let mut tx = self.write_tx().await?;
-        let parent: Option<String> = sqlx::query_scalar(
-            "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind IN ('config', 'layer') LIMIT 1",
-        )
-        .bind(repo)
-        .bind(&d)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(p) = parent {
-            return Ok(Removal::ReferencedBy(parse_digest(&p)?));
+        if let Some(p) = first_parent(&mut tx, BLOB_PARENT, repo, &d).await? {
+            return Ok(Removal::ReferencedBy(p));
         }
         let r = sqlx::query("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?")
             .bind(repo)
@@ -334,15 +347,8 @@ impl ManifestMeta for SqliteMeta {
         if exists.is_none() {
             return Ok(Removal::NotFound);
         }
-        let parent: Option<String> = sqlx::query_scalar(
-            "SELECT parent FROM manifest_refs WHERE repo = ? AND child = ? AND kind = 'manifest' LIMIT 1",
-        )
-        .bind(repo)
-        .bind(&d)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(p) = parent {
-            return Ok(Removal::ReferencedBy(parse_digest(&p)?));
+        if let Some(p) = first_parent(&mut tx, MANIFEST_PARENT, repo, &d).await? {
+            return Ok(Removal::ReferencedBy(p));
         }
         for stmt in [
             "DELETE FROM tags WHERE repo = ? AND digest = ?",

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 /// The default configuration, as printed by `berth config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -85,17 +85,6 @@ impl Default for Uploads {
         Uploads {
             expire_after: Duration::from_secs(24 * 3600),
             expire_interval: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: Server::default(),
-            storage: Storage::default(),
-            limits: Limits::default(),
-            uploads: Uploads::default(),
         }
     }
 }
