@@ -119,6 +119,18 @@ impl From<RegistryError> for ApiError {
             E::NameUnknown(_) => ApiError::new(S::NOT_FOUND, C::NameUnknown, msg),
             E::RangeInvalid { size } => ApiError::new(S::RANGE_NOT_SATISFIABLE, C::RangeInvalid, msg)
                 .header("content-range", format!("bytes */{size}")),
+            E::CacheReadOnly(_) => ApiError::new(S::FORBIDDEN, C::Denied, msg),
+            E::NoSuchUpstream(_) => ApiError::new(S::NOT_FOUND, C::NameUnknown, msg),
+            E::NameInvalid(_) => ApiError::new(S::BAD_REQUEST, C::NameInvalid, msg),
+            E::UpstreamNotFound { what: "blob", .. } => ApiError::new(S::NOT_FOUND, C::BlobUnknown, msg),
+            E::UpstreamNotFound { .. } => ApiError::new(S::NOT_FOUND, C::ManifestUnknown, msg),
+            E::Upstream {
+                status: Some(429), ..
+            } => ApiError::new(S::TOO_MANY_REQUESTS, C::TooManyRequests, msg),
+            E::Upstream { timeout: true, .. } => ApiError::new(S::GATEWAY_TIMEOUT, C::Unavailable, msg),
+            E::Upstream { .. } | E::UpstreamInvalid { .. } => {
+                ApiError::new(S::BAD_GATEWAY, C::Unavailable, msg)
+            }
             E::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::new(

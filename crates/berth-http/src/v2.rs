@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use berth_oci::media::{self, header as oh};
 use berth_oci::route::path;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName, Route, UploadId};
+use berth_registry::cache::Located;
 use berth_registry::{BlobBody, Listing, RegistryError};
 use berth_store::ByteRange;
 use serde_json::json;
@@ -19,12 +20,16 @@ use crate::error::{ApiError, at_upload};
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
-    let mut resp = match handle(&app, req).await {
+    let mut namespace = None;
+    let mut resp = match handle(&app, req, &mut namespace).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
     resp.headers_mut()
         .insert(oh::API_VERSION, HeaderValue::from_static(oh::API_VERSION_VALUE));
+    if let Some(ns) = namespace.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert(oh::OCI_NAMESPACE, ns);
+    }
     resp
 }
 
@@ -68,46 +73,66 @@ impl Params {
     }
 }
 
-async fn handle(app: &App, req: Request) -> Result<Response> {
+async fn handle(app: &App, req: Request, namespace: &mut Option<String>) -> Result<Response> {
     let p = req.uri().path();
     let rest = p.strip_prefix("/v2/").unwrap_or_default();
     let route = Route::parse(rest)?;
     let m = req.method().clone();
     let params = Params::of(&req);
+    let located = match route.name() {
+        Some(name) => Some(app.registry.locate(name, params.get("ns"))?),
+        None => None,
+    };
+    *namespace = located
+        .as_ref()
+        .and_then(Located::cached)
+        .map(|c| c.source.name.clone());
+    let loc = || located.as_ref().expect("routes with a name are located");
+    let name = || loc().local();
     use Method as M;
     match (route, &m) {
         (Route::Base, &M::GET | &M::HEAD) => Ok(json_response(StatusCode::OK, &json!({}))),
         (Route::Catalog, &M::GET) => catalog(app, &params).await,
-        (Route::TagsList(name), &M::GET) => tags(app, &name, &params).await,
-        (Route::Manifest(name, r), &M::GET) => get_manifest(app, &name, &r, false).await,
-        (Route::Manifest(name, r), &M::HEAD) => get_manifest(app, &name, &r, true).await,
-        (Route::Manifest(name, r), &M::PUT) => put_manifest(app, &name, &r, req).await,
-        (Route::Manifest(name, r), &M::DELETE) => {
-            app.registry.delete_manifest(&name, &r).await?;
+        (Route::TagsList(_), &M::GET) => tags(app, name(), &params).await,
+        (Route::Manifest(_, r), &M::GET) => get_manifest(app, loc(), &r, false).await,
+        (Route::Manifest(_, r), &M::HEAD) => get_manifest(app, loc(), &r, true).await,
+        (Route::Manifest(_, r), &M::PUT) => put_manifest(app, hosted(loc())?, &r, req).await,
+        (Route::Manifest(_, r), &M::DELETE) => {
+            app.registry.delete_manifest(name(), &r).await?;
             Ok(empty(StatusCode::ACCEPTED))
         }
-        (Route::Blob(name, d), &M::GET) => get_blob(app, &name, &d, req.headers()).await,
-        (Route::Blob(name, d), &M::HEAD) => head_blob(app, &name, &d).await,
-        (Route::Blob(name, d), &M::DELETE) => {
-            app.registry.delete_blob(&name, &d).await?;
+        (Route::Blob(_, d), &M::GET) => get_blob(app, loc(), &d, req.headers()).await,
+        (Route::Blob(_, d), &M::HEAD) => head_blob(app, loc(), &d).await,
+        (Route::Blob(_, d), &M::DELETE) => {
+            app.registry.delete_blob(name(), &d).await?;
             Ok(empty(StatusCode::ACCEPTED))
         }
-        (Route::UploadStart(name), &M::POST) => start_upload(app, &name, &params, req).await,
-        (Route::Upload(name, id), &M::GET) => {
-            let size = app.registry.upload_status(&name, &id).await?;
-            Ok(upload_state(StatusCode::NO_CONTENT, &name, &id, size))
+        (Route::UploadStart(_), &M::POST) => start_upload(app, hosted(loc())?, &params, req).await,
+        (Route::Upload(_, id), &M::GET) => {
+            let name = hosted(loc())?;
+            let size = app.registry.upload_status(name, &id).await?;
+            Ok(upload_state(StatusCode::NO_CONTENT, name, &id, size))
         }
-        (Route::Upload(name, id), &M::PATCH) => patch_upload(app, &name, &id, req).await,
-        (Route::Upload(name, id), &M::PUT) => put_upload(app, &name, &id, &params, req).await,
-        (Route::Upload(name, id), &M::DELETE) => {
+        (Route::Upload(_, id), &M::PATCH) => patch_upload(app, hosted(loc())?, &id, req).await,
+        (Route::Upload(_, id), &M::PUT) => put_upload(app, hosted(loc())?, &id, &params, req).await,
+        (Route::Upload(_, id), &M::DELETE) => {
+            let name = hosted(loc())?;
             app.registry
-                .cancel_upload(&name, &id)
+                .cancel_upload(name, &id)
                 .await
-                .map_err(|e| at_upload(e, &name, &id))?;
+                .map_err(|e| at_upload(e, name, &id))?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        (Route::Referrers(name, d), &M::GET) => referrers(app, &name, &d, &params).await,
+        (Route::Referrers(_, d), &M::GET) => referrers(app, name(), &d, &params).await,
         (route, m) => Err(ApiError::unsupported(m, endpoint_name(&route))),
+    }
+}
+
+/// Writes go to hosted repositories only; a cache is filled from its upstream.
+fn hosted(loc: &Located) -> Result<&RepoName> {
+    match loc {
+        Located::Hosted(name) => Ok(name),
+        Located::Cached(c) => Err(RegistryError::CacheReadOnly(c.local.clone()).into()),
     }
 }
 
@@ -173,8 +198,14 @@ async fn tags(app: &App, name: &RepoName, params: &Params) -> Result<Response> {
     Ok(r)
 }
 
-async fn get_manifest(app: &App, name: &RepoName, r: &Reference, head: bool) -> Result<Response> {
-    let m = app.registry.get_manifest(name, r).await?;
+async fn get_manifest(app: &App, loc: &Located, r: &Reference, head: bool) -> Result<Response> {
+    let (m, stale) = match loc {
+        Located::Hosted(name) => (app.registry.get_manifest(name, r).await?, false),
+        Located::Cached(c) => {
+            let served = app.registry.cached_manifest(c, r).await?;
+            (served.manifest, served.stale)
+        }
+    };
     let len = m.body.len();
     let mut resp = if head {
         Response::new(Body::empty())
@@ -188,6 +219,9 @@ async fn get_manifest(app: &App, name: &RepoName, r: &Reference, head: bool) -> 
     set(&mut resp, header::ETAG, &format!("\"{digest}\""));
     if let Some(s) = &m.subject {
         set(&mut resp, oh::OCI_SUBJECT, &s.to_string());
+    }
+    if stale {
+        set(&mut resp, header::WARNING, "110 berth \"Response is Stale\"");
     }
     Ok(resp)
 }
@@ -296,19 +330,23 @@ fn blob_headers(r: &mut Response, digest: &Digest, len: u64) {
     set(r, header::CACHE_CONTROL, "max-age=31536000, immutable");
 }
 
-async fn head_blob(app: &App, name: &RepoName, d: &Digest) -> Result<Response> {
-    let size = app.registry.blob_size(name, d).await?;
+async fn head_blob(app: &App, loc: &Located, d: &Digest) -> Result<Response> {
+    let size = match loc {
+        Located::Hosted(name) => app.registry.blob_size(name, d).await?,
+        Located::Cached(c) => app.registry.cached_blob_size(c, d).await?,
+    };
     let mut r = Response::new(Body::empty());
     blob_headers(&mut r, d, size);
     Ok(r)
 }
 
-async fn get_blob(app: &App, name: &RepoName, d: &Digest, headers: &HeaderMap) -> Result<Response> {
+async fn get_blob(app: &App, loc: &Located, d: &Digest, headers: &HeaderMap) -> Result<Response> {
     let range_header = headers.get(header::RANGE);
-    let (size, range, body) = app
-        .registry
-        .open_blob(name, d, |size| parse_range(range_header, size))
-        .await?;
+    let range = |size| parse_range(range_header, size);
+    let (size, range, body) = match loc {
+        Located::Hosted(name) => app.registry.open_blob(name, d, range).await?,
+        Located::Cached(c) => app.registry.open_cached_blob(c, d, range).await?,
+    };
     let body = match body {
         BlobBody::Stream(read) => Body::from_stream(read.body),
         BlobBody::Inline(bytes) => Body::from(bytes),

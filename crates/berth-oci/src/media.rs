@@ -34,4 +34,6 @@ pub mod header {
     pub const OCI_SUBJECT: &str = "oci-subject";
     pub const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
     pub const OCI_CHUNK_MIN_LENGTH: &str = "oci-chunk-min-length";
+    /// On answers from a cached repository: the upstream it mirrors.
+    pub const OCI_NAMESPACE: &str = "oci-namespace";
 }

@@ -55,6 +55,19 @@ pub enum RouteError {
 }
 
 impl Route {
+    /// The repository the route addresses, if any.
+    pub fn name(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::TagsList(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::UploadStart(n)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+
     /// Parses the part of the raw (still percent-encoded) path after `/v2/`.
     pub fn parse(rest: &str) -> Result<Route, RouteError> {
         match rest {

@@ -40,6 +40,31 @@ pub enum RegistryError {
     /// Metadata says the blob exists, the bytes say otherwise. Logged and counted.
     #[error("blob {0} is recorded but its bytes are missing or damaged on disk; it cannot be served")]
     BlobDamaged(Digest),
+    #[error(
+        "repository {0} is a cache of an upstream registry and cannot be pushed to; push to a hosted repository"
+    )]
+    CacheReadOnly(RepoName),
+    #[error(
+        "no upstream registry is configured for {0:?}; berth only contacts the upstreams in its configuration"
+    )]
+    NoSuchUpstream(String),
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("upstream {upstream} has no {what} {reference}")]
+    UpstreamNotFound {
+        upstream: String,
+        what: &'static str,
+        reference: String,
+    },
+    #[error("upstream {upstream} failed: {message}")]
+    Upstream {
+        upstream: String,
+        status: Option<u16>,
+        timeout: bool,
+        message: String,
+    },
+    #[error("upstream {upstream} sent something invalid: {message}")]
+    UpstreamInvalid { upstream: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -5,6 +5,7 @@
 //! nothing of HTTP; berth-http turns its results and [`RegistryError`]s into responses.
 
 mod blobs;
+pub mod cache;
 mod error;
 mod manifests;
 pub mod metrics;
@@ -13,7 +14,7 @@ mod upload;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use berth_oci::{DigestHasher, UploadId};
+use berth_oci::{Digest, DigestHasher, UploadId};
 use berth_store::{BlobStore, MetaStore};
 
 pub use blobs::BlobBody;
@@ -61,6 +62,10 @@ pub struct Registry {
     hashers: Mutex<HashMap<UploadId, (u64, DigestHasher)>>,
     /// Uploads a request is writing to right now.
     busy: Mutex<HashSet<UploadId>>,
+    /// Configured upstreams (pull-through caches).
+    upstreams: Vec<Arc<cache::CacheSource>>,
+    /// Blob fills from upstreams in progress, one per digest.
+    fills: Mutex<HashMap<Digest, Arc<cache::fill::Fill>>>,
 }
 
 impl Registry {
@@ -79,7 +84,15 @@ impl Registry {
             metrics,
             hashers: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
+            upstreams: Vec::new(),
+            fills: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves these upstreams as pull-through caches.
+    pub fn with_upstreams(mut self, upstreams: Vec<cache::CacheSource>) -> Registry {
+        self.upstreams = upstreams.into_iter().map(Arc::new).collect();
+        self
     }
 
     pub fn limits(&self) -> &Limits {

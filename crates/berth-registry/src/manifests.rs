@@ -1,7 +1,7 @@
 //! Manifests, tags, the catalog and referrers.
 
 use berth_oci::manifest;
-use berth_oci::{Descriptor, Digest, Reference, RepoName};
+use berth_oci::{Descriptor, Digest, Reference, RepoName, Tag};
 use berth_store::{ManifestRow, NewManifest, PutManifest, Removal};
 
 use crate::{Registry, RegistryError, Result};
@@ -18,16 +18,36 @@ pub struct Listing {
 pub struct Pushed {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    pub media_type: String,
 }
 
 impl Registry {
-    /// Stores a manifest byte for byte, under `reference` (a tag, or its own digest).
+    /// Stores a pushed manifest byte for byte, under `reference` (a tag, or its own digest).
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         body: &[u8],
+    ) -> Result<Pushed> {
+        let (digest, tag) = match reference {
+            Reference::Digest(d) => (Some(d), None),
+            Reference::Tag(t) => (None, Some(t)),
+        };
+        self.store_manifest(repo, digest, tag, content_type, body, true)
+            .await
+    }
+
+    /// Checks a manifest (size, format, `digest` if given) and records it with `tag`.
+    /// With `require_refs`, everything it references must be in the repository.
+    pub(crate) async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        digest: Option<&Digest>,
+        tag: Option<&Tag>,
+        content_type: Option<&str>,
+        body: &[u8],
+        require_refs: bool,
     ) -> Result<Pushed> {
         let limit = self.limits.max_manifest_bytes;
         if body.len() as u64 > limit {
@@ -38,8 +58,8 @@ impl Registry {
         }
         let parsed =
             manifest::parse(body, content_type).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-        let (digest, tag) = match reference {
-            Reference::Digest(d) => {
+        let digest = match digest {
+            Some(d) => {
                 if !d.matches(body) {
                     let mut h = berth_oci::DigestHasher::new(d.algorithm());
                     h.update(body);
@@ -48,9 +68,9 @@ impl Registry {
                         actual: h.finish(),
                     });
                 }
-                (d.clone(), None)
+                d.clone()
             }
-            Reference::Tag(t) => (Digest::sha256_of(body), Some(t)),
+            None => Digest::sha256_of(body),
         };
         let annotations = parsed
             .annotations
@@ -68,6 +88,7 @@ impl Registry {
                 body,
                 refs: &parsed.refs,
                 tag,
+                require_refs,
                 now: self.clock.now(),
             })
             .await?;
@@ -77,6 +98,7 @@ impl Registry {
                 Ok(Pushed {
                     digest,
                     subject: parsed.subject,
+                    media_type: parsed.media_type,
                 })
             }
             PutManifest::Missing(missing) => Err(RegistryError::ManifestBlobUnknown(missing)),

@@ -11,8 +11,35 @@ pub struct ProblemLabel {
     pub problem: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `manifest` or `blob`.
+    pub kind: &'static str,
+    /// `hit`, `miss`, `revalidated`, `moved`, `stale` (manifests), `hit`, `miss`,
+    /// `coalesced` (blobs).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillLabels {
+    pub upstream: String,
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct RegistryMetrics {
+    /// Cached-repository lookups by outcome.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Upstream requests that failed (down, timeout, 5xx, 429, invalid answers).
+    pub upstream_errors: Family<UpstreamLabel, Counter>,
+    /// Blob fills from upstreams, by outcome.
+    pub fills: Family<FillLabels, Counter>,
     /// Blob reads refused because the bytes were missing or of the wrong size.
     pub blob_read_errors: Family<ProblemLabel, Counter>,
     pub uploads_expired: Counter,

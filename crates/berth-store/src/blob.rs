@@ -35,8 +35,16 @@ pub struct BlobRead {
 #[async_trait]
 pub trait BlobSink: Send {
     async fn write(&mut self, chunk: Bytes) -> std::io::Result<()>;
+    /// The upload's size on the store so far: bytes readers of the upload area can see.
+    fn progress(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Flushes and returns the upload's total size and the hash state over all its bytes.
     async fn finish(self: Box<Self>) -> std::io::Result<(u64, DigestHasher)>;
+}
+
+/// A reader of one upload area, by position.
+#[async_trait]
+pub trait UploadReader: Send + Sync {
+    async fn read_at(&self, offset: u64, max: usize) -> std::io::Result<Bytes>;
 }
 
 #[async_trait]
@@ -46,6 +54,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Opens an upload area for appending at `offset` (anything after it, left by an
     /// interrupted request, is discarded). `hasher` covers bytes `[0, offset)`.
     async fn append(&self, id: &UploadId, offset: u64, hasher: DigestHasher) -> Result<Box<dyn BlobSink>>;
+    /// Reads up to `max` bytes of an upload area from `offset` (to serve a blob while it
+    /// is still arriving). Readers that started before the upload was committed keep
+    /// reading the same bytes after the commit.
+    async fn read_upload(&self, id: &UploadId) -> Result<Box<dyn UploadReader>>;
     /// Re-hashes the first `len` bytes of an upload area (after a restart).
     async fn hash_upload(&self, id: &UploadId, len: u64, hasher: DigestHasher) -> Result<DigestHasher>;
     /// Makes the upload durable and moves it into place as `digest`. The caller has

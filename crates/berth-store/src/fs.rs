@@ -9,7 +9,7 @@
 //! and no `..`, so no request can name a file outside the data directory.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -17,16 +17,17 @@ use async_trait::async_trait;
 use berth_oci::{Digest, DigestHasher, UploadId};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, spawn_blocking};
 
 use crate::Result;
-use crate::blob::{BlobRead, BlobSink, BlobStore, ByteRange};
+use crate::blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 
 /// Bytes read from disk per chunk when serving: large enough that per-chunk overhead is
 /// small next to the copy, small enough that many parallel downloads stay cheap in memory.
 pub const READ_CHUNK: usize = 512 << 10;
-const WRITE_BUFFER: usize = 1 << 20;
+/// Most bytes an upload writer gathers from its queue into one round of writes.
+const WRITE_BATCH: usize = 1 << 20;
 
 pub struct FsBlobStore {
     root: PathBuf,
@@ -76,6 +77,7 @@ struct FsSink {
     to_writer: Option<mpsc::Sender<Bytes>>,
     hasher: JoinHandle<DigestHasher>,
     writer: JoinHandle<io::Result<u64>>,
+    progress: watch::Receiver<u64>,
 }
 
 impl FsSink {
@@ -85,6 +87,7 @@ impl FsSink {
     fn start(path: PathBuf, offset: u64, mut state: DigestHasher) -> FsSink {
         let (to_hasher, mut hash_rx) = mpsc::channel::<Bytes>(8);
         let (to_writer, mut write_rx) = mpsc::channel::<Bytes>(8);
+        let (progress_tx, progress) = watch::channel(offset);
         let hasher = spawn_blocking(move || {
             while let Some(chunk) = hash_rx.blocking_recv() {
                 state.update(&chunk);
@@ -95,13 +98,28 @@ impl FsSink {
             let mut file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(offset)?;
             file.seek(SeekFrom::Start(offset))?;
-            let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
             let mut size = offset;
-            while let Some(chunk) = write_rx.blocking_recv() {
-                out.write_all(&chunk)?;
-                size += chunk.len() as u64;
+            let mut batch: Vec<Bytes> = Vec::new();
+            while let Some(first) = write_rx.blocking_recv() {
+                // Coalesce what is already queued into one vectored write, so small
+                // network chunks cost few syscalls and every write is visible at once.
+                let mut queued = first.len();
+                batch.push(first);
+                while queued < WRITE_BATCH {
+                    match write_rx.try_recv() {
+                        Ok(c) => {
+                            queued += c.len();
+                            batch.push(c);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                for chunk in batch.drain(..) {
+                    file.write_all(&chunk)?;
+                }
+                size += queued as u64;
+                progress_tx.send_replace(size);
             }
-            out.flush()?;
             Ok(size)
         });
         FsSink {
@@ -109,6 +127,7 @@ impl FsSink {
             to_writer: Some(to_writer),
             hasher,
             writer,
+            progress,
         }
     }
 
@@ -136,6 +155,10 @@ impl BlobSink for FsSink {
         Ok(())
     }
 
+    fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.clone()
+    }
+
     async fn finish(mut self: Box<Self>) -> io::Result<(u64, DigestHasher)> {
         self.to_hasher = None;
         self.to_writer = None;
@@ -146,6 +169,25 @@ impl BlobSink for FsSink {
             .await
             .map_err(|e| io::Error::other(format!("upload hasher failed: {e}")))?;
         Ok((size, state))
+    }
+}
+
+struct FsUploadReader {
+    file: Arc<File>,
+}
+
+#[async_trait]
+impl UploadReader for FsUploadReader {
+    async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
+        let file = self.file.clone();
+        blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; max];
+            let n = file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok(Bytes::from(buf))
+        })
+        .await
     }
 }
 
@@ -247,6 +289,12 @@ impl BlobStore for FsBlobStore {
             );
         }
         Ok(Box::new(FsSink::start(p, offset, hasher)))
+    }
+
+    async fn read_upload(&self, id: &UploadId) -> Result<Box<dyn UploadReader>> {
+        let p = self.upload_path(id);
+        let file = blocking(move || File::open(p)).await?;
+        Ok(Box::new(FsUploadReader { file: Arc::new(file) }))
     }
 
     async fn hash_upload(&self, id: &UploadId, len: u64, mut hasher: DigestHasher) -> Result<DigestHasher> {

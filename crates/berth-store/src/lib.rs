@@ -12,7 +12,7 @@ pub mod fs;
 pub mod meta;
 pub mod sqlite;
 
-pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange};
+pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
     BlobMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, Referrer, Removal, UploadMeta,
     UploadRow,

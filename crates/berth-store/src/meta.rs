@@ -27,6 +27,9 @@ pub struct NewManifest<'a> {
     pub body: &'a [u8],
     pub refs: &'a [ManifestRef],
     pub tag: Option<&'a Tag>,
+    /// Hosted repositories require every reference to be present; a cache holds partial
+    /// images (only the platforms that were pulled) by design.
+    pub require_refs: bool,
     pub now: i64,
 }
 
@@ -43,6 +46,9 @@ pub struct ManifestRow {
     pub media_type: String,
     pub subject: Option<Digest>,
     pub body: Vec<u8>,
+    /// For a lookup by tag: when the tag was last confirmed (pushed, or revalidated
+    /// against the upstream of a cached repository).
+    pub tag_checked_at: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +108,10 @@ pub trait ManifestMeta: Send + Sync {
     async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRow>>;
     async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>>;
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Records that the upstream confirmed a cached tag at `now`.
+    async fn touch_tag(&self, repo: &RepoName, tag: &Tag, now: i64) -> Result<()>;
+    /// Records `repo` as a cache of `upstream` (creating it if needed).
+    async fn mark_cached(&self, repo: &RepoName, upstream: &str, now: i64) -> Result<()>;
     /// Deletes a manifest, its references and every tag pointing at it.
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Removal>;
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool>;

@@ -130,6 +130,7 @@ fn manifest_row(row: sqlx::sqlite::SqliteRow) -> Result<ManifestRow> {
         media_type: row.get(1),
         subject: subject.as_deref().map(parse_digest).transpose()?,
         body: row.get(3),
+        tag_checked_at: row.try_get(4).ok(),
     })
 }
 
@@ -216,6 +217,15 @@ impl BlobMeta for SqliteMeta {
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Removal> {
         let (repo, d) = (repo.as_str(), digest.to_string());
         let mut tx = self.write_tx().await?;
+        let linked: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?")
+                .bind(repo)
+                .bind(&d)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if linked.is_none() {
+            return Ok(Removal::NotFound);
+        }
         if let Some(p) = first_parent(&mut tx, BLOB_PARENT, repo, &d).await? {
             return Ok(Removal::ReferencedBy(p));
         }
@@ -240,7 +250,7 @@ impl ManifestMeta for SqliteMeta {
         let d = m.digest.to_string();
         let mut tx = self.write_tx().await?;
         let mut missing = Vec::new();
-        for r in m.refs.iter().filter(|r| r.required) {
+        for r in m.refs.iter().filter(|r| r.required && m.require_refs) {
             let present: Option<i64> = if r.kind == berth_oci::RefKind::Manifest {
                 sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?")
             } else {
@@ -289,12 +299,14 @@ impl ManifestMeta for SqliteMeta {
         }
         if let Some(tag) = m.tag {
             sqlx::query(
-                "INSERT INTO tags(repo, name, digest, updated_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT(repo, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                "INSERT INTO tags(repo, name, digest, updated_at, upstream_checked_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT(repo, name) DO UPDATE SET digest = excluded.digest,
+                   updated_at = excluded.updated_at, upstream_checked_at = excluded.upstream_checked_at",
             )
             .bind(repo)
             .bind(tag.as_str())
             .bind(&d)
+            .bind(m.now)
             .bind(m.now)
             .execute(&mut *tx)
             .await?;
@@ -315,7 +327,8 @@ impl ManifestMeta for SqliteMeta {
 
     async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>> {
         sqlx::query(
-            "SELECT m.digest, m.media_type, m.subject, m.body FROM tags t
+            "SELECT m.digest, m.media_type, m.subject, m.body,
+                    COALESCE(t.upstream_checked_at, t.updated_at) FROM tags t
              JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest
              WHERE t.repo = ? AND t.name = ?",
         )
@@ -334,6 +347,29 @@ impl ManifestMeta for SqliteMeta {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn touch_tag(&self, repo: &RepoName, tag: &Tag, now: i64) -> Result<()> {
+        sqlx::query("UPDATE tags SET upstream_checked_at = ? WHERE repo = ? AND name = ?")
+            .bind(now)
+            .bind(repo.as_str())
+            .bind(tag.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_cached(&self, repo: &RepoName, upstream: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repositories(name, kind, upstream, created_at) VALUES (?, 'cached', ?, ?)
+             ON CONFLICT(name) DO UPDATE SET kind = 'cached', upstream = excluded.upstream",
+        )
+        .bind(repo.as_str())
+        .bind(upstream)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Removal> {

@@ -140,4 +140,6 @@ impl Drop for TestServer {
 }
 
 pub mod clients;
+pub mod fault;
 pub mod images;
+pub mod token;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 /// The default configuration, as printed by `berth config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -22,6 +22,95 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub uploads: Uploads,
+    #[serde(default = "default_upstreams", rename = "upstream")]
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server::default(),
+            storage: Storage::default(),
+            limits: Limits::default(),
+            uploads: Uploads::default(),
+            upstreams: default_upstreams(),
+        }
+    }
+}
+
+/// One `[[upstream]]`: a registry served as a pull-through cache.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "ttl", deserialize_with = "duration")]
+    pub manifest_ttl: Duration,
+    #[serde(default = "stale", deserialize_with = "duration")]
+    pub stale_if_error: Duration,
+    #[serde(default = "connect", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "read", deserialize_with = "duration")]
+    pub read_timeout: Duration,
+}
+
+fn ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn stale() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn read() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The upstreams of the embedded default file: the list is written once, there.
+fn default_upstreams() -> Vec<Upstream> {
+    #[derive(Deserialize)]
+    struct Only {
+        upstream: Vec<Upstream>,
+    }
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(flatten)]
+        only: Only,
+        #[serde(flatten)]
+        _rest: toml::Table,
+    }
+    toml::from_str::<File>(DEFAULT_TOML)
+        .expect("the embedded default configuration parses")
+        .only
+        .upstream
+}
+
+impl Upstream {
+    /// The password from `password_file` or `password_env`, if configured.
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        let key = format!("upstream {:?}", self.name);
+        match (&self.password_file, &self.password_env) {
+            (Some(f), None) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("{key}: reading password_file {}", f.display()))?;
+                Ok(Some(text.lines().next().unwrap_or("").to_string()))
+            }
+            (None, Some(var)) => std::env::var(var)
+                .map(Some)
+                .with_context(|| format!("{key}: environment variable {var} (password_env) is not set")),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => bail!("{key}: set password_file or password_env, not both"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,6 +224,40 @@ impl Config {
                 bail!("{key}: must be longer than zero");
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = format!("upstream[{i}]");
+            for n in std::iter::once(&u.name).chain(&u.aliases) {
+                let ok = !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+                    && n.parse::<berth_oci::RepoName>().is_ok();
+                if !ok {
+                    bail!("{at}.name/aliases: {n:?} is not a lowercase host name like \"docker.io\"");
+                }
+                if !seen.insert(n.clone()) {
+                    bail!("{at}: {n:?} names two upstreams; names and aliases must be unique");
+                }
+            }
+            if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
+                bail!("{at}.url: {:?} must start with http:// or https://", u.url);
+            }
+            if u.username.is_none() && (u.password_file.is_some() || u.password_env.is_some()) {
+                bail!("{at}: a password is set without a username");
+            }
+            if u.password_file.is_some() && u.password_env.is_some() {
+                bail!("{at}: set password_file or password_env, not both");
+            }
+            for (key, d) in [
+                ("manifest_ttl", u.manifest_ttl),
+                ("connect_timeout", u.connect_timeout),
+                ("read_timeout", u.read_timeout),
+            ] {
+                if d.is_zero() {
+                    bail!("{at}.{key}: must be longer than zero");
+                }
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log) {
             bail!("server.log: {:?} is not a log filter: {e}", self.server.log);
         }
@@ -152,17 +275,53 @@ mod tests {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
 
+    /// Every key is explained where it first appears (later [[upstream]] entries repeat
+    /// the keys of the first).
     #[test]
     fn every_key_has_a_comment() {
         let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+        let mut table = "";
+        let mut seen = std::collections::HashSet::new();
         for (i, l) in lines.iter().enumerate() {
-            if l.contains(" = ") && !l.starts_with('#') {
-                assert!(
-                    i > 0 && lines[i - 1].starts_with('#'),
-                    "key without a comment: {l}"
-                );
+            if l.starts_with('[') {
+                table = l.trim_matches(['[', ']']);
+            } else if let Some((key, _)) = l.split_once(" = ").filter(|_| !l.starts_with('#')) {
+                if seen.insert(format!("{table}.{key}")) {
+                    assert!(
+                        i > 0 && lines[i - 1].starts_with('#'),
+                        "key without a comment: {l}"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn upstreams_default_and_replace() {
+        let names: Vec<String> = Config::default()
+            .upstreams
+            .iter()
+            .map(|u| u.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io"]
+        );
+        let one = "[[upstream]]\nname = \"local.test\"\nurl = \"http://127.0.0.1:1\"\n";
+        let c = Config::parse(one).unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].manifest_ttl, Duration::from_secs(300));
+        let u = |extra: &str| format!("[[upstream]]\nname = \"a.io\"\nurl = \"http://x\"\n{extra}");
+        assert!(err("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"").starts_with("upstream[0].url:"));
+        assert!(err("[[upstream]]\nname = \"Bad\"\nurl = \"http://x\"").starts_with("upstream[0].name"));
+        assert!(err(&u("[[upstream]]\nname = \"a.io\"\nurl = \"http://y\"")).contains("unique"));
+        let e = err(&u("manifest_ttl = \"never\""));
+        assert!(
+            e.starts_with("upstream[0].manifest_ttl:") || e.starts_with("upstream.manifest_ttl"),
+            "{e}"
+        );
+        assert!(err(&u("password_env = \"X\"")).contains("without a username"));
+        assert!(err(&u("colour = \"blue\"")).contains("unknown field `colour`"));
     }
 
     fn err(text: &str) -> String {
@@ -194,8 +353,8 @@ mod docs {
         let mut table = "";
         for line in super::DEFAULT_TOML.lines() {
             let line = line.trim();
-            if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                table = t;
+            if line.starts_with('[') {
+                table = line.trim_matches(['[', ']']);
             } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) {
                 let path = format!("`{table}.{key}`");
                 assert!(reference.contains(&path), "docs/reference/config.md lacks {path}");

@@ -2,6 +2,7 @@
 //! configuration, wiring.
 
 mod config;
+mod hosts_toml;
 mod serve;
 
 use std::path::PathBuf;
@@ -29,6 +30,18 @@ enum Command {
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Write containerd hosts.toml files that mirror every configured upstream through berth.
+    HostsToml {
+        /// berth's URL as containerd nodes reach it, e.g. http://registry.lan:5000
+        #[arg(long)]
+        mirror: String,
+        /// Where to write `<registry host>/hosts.toml` (containerd's config_path).
+        #[arg(long, default_value = "./certs.d")]
+        out: PathBuf,
+        /// The configuration whose upstreams to mirror (the embedded defaults otherwise).
+        #[arg(long, short, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Show or check configuration.
     Config {
         #[command(subcommand)]
@@ -53,6 +66,12 @@ fn main() -> std::process::ExitCode {
             .map(Config::load)
             .unwrap_or_else(|| Ok(Config::default()))
             .and_then(serve::run),
+        Command::HostsToml { mirror, out, config } => config
+            .as_deref()
+            .map(Config::load)
+            .unwrap_or_else(|| Ok(Config::default()))
+            .and_then(|c| hosts_toml::write(&c, &mirror, &out))
+            .map(|files| files.iter().for_each(|f| println!("{}", f.display()))),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

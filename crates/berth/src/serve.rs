@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use berth_http::{App, HttpMetrics};
+use berth_registry::cache::CacheSource;
 use berth_registry::{Registry, RegistryMetrics, SystemClock};
 use berth_store::fs::FsBlobStore;
 use berth_store::sqlite::SqliteMeta;
+use berth_upstream::{Upstream, UpstreamConfig};
 use prometheus_client::registry::Registry as PromRegistry;
 use tracing_subscriber::EnvFilter;
 
@@ -64,15 +66,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let http_metrics = HttpMetrics::default();
     http_metrics.register(&mut prometheus);
 
-    let registry = Arc::new(Registry::new(
-        Arc::new(blobs),
-        Arc::new(meta),
-        Arc::new(SystemClock),
-        berth_registry::Limits {
-            max_manifest_bytes: config.limits.max_manifest_bytes,
-        },
-        registry_metrics,
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            Arc::new(blobs),
+            Arc::new(meta),
+            Arc::new(SystemClock),
+            berth_registry::Limits {
+                max_manifest_bytes: config.limits.max_manifest_bytes,
+            },
+            registry_metrics,
+        )
+        .with_upstreams(cache_sources(&config)?),
+    );
     let app = App {
         registry: registry.clone(),
         metrics: http_metrics,
@@ -121,6 +126,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The configured upstreams, ready to serve as pull-through caches.
+fn cache_sources(config: &Config) -> anyhow::Result<Vec<CacheSource>> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let client = Upstream::new(UpstreamConfig {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                username: u.username.clone(),
+                password: u.password()?,
+                connect_timeout: u.connect_timeout,
+                read_timeout: u.read_timeout,
+                // Whole non-streaming calls (a manifest, the token dance included).
+                request_timeout: u.connect_timeout + 2 * u.read_timeout,
+                library_prefix: u.name == "docker.io",
+            })
+            .with_context(|| format!("upstream {:?}", u.name))?;
+            Ok(CacheSource {
+                name: u.name.clone(),
+                aliases: u.aliases.clone(),
+                client,
+                manifest_ttl: u.manifest_ttl,
+                stale_if_error: u.stale_if_error,
+            })
+        })
+        .collect()
 }
 
 async fn shutdown_signal() -> &'static str {
