@@ -81,5 +81,20 @@ impl RegistryMetrics {
             "Manifests accepted",
             self.manifests_pushed.clone(),
         );
+        r.register(
+            "berth_cache_requests",
+            "Cached-repository lookups by kind and outcome",
+            self.cache.clone(),
+        );
+        r.register(
+            "berth_upstream_errors",
+            "Upstream requests that failed, by upstream",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "berth_cache_fills",
+            "Blob fills from upstreams, by outcome",
+            self.fills.clone(),
+        );
     }
 }

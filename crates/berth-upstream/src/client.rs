@@ -340,6 +340,9 @@ impl Upstream {
                 return Ok(resp);
             }
             if answered {
+                // A token just issued and still refused (e.g. insufficient scope) is no
+                // use to the next request either.
+                self.inner.tokens.forget(&scope);
                 return Err(UpstreamError::Auth(format!(
                     "{url}: still 401 after authenticating{}",
                     error_summary(resp).await
@@ -429,6 +432,14 @@ impl Upstream {
             };
             return Err(UpstreamError::Auth(format!(
                 "token server {realm} refused {whose} for {scope} (HTTP {}){}",
+                status.as_u16(),
+                error_summary(resp).await
+            )));
+        }
+        if !status.is_success() && status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+            // Not "not found" for the caller: the manifest may well exist.
+            return Err(UpstreamError::Auth(format!(
+                "token server {realm} answered HTTP {}{}",
                 status.as_u16(),
                 error_summary(resp).await
             )));

@@ -120,3 +120,28 @@ async fn anonymous_tokens_for_a_public_registry() {
     assert_eq!(tokens.requests(), 1);
     assert_eq!(tokens.scopes(), ["repository:library/alpine:pull"]);
 }
+
+/// Pins the harness: distribution really verifies signatures, so the tests above are not
+/// passing against a registry that accepts any token.
+#[tokio::test]
+async fn distribution_rejects_tokens_from_another_signer() {
+    let tokens = TokenServer::start(&[]);
+    let stranger = TokenServer::start(&[]);
+    let registry = Distribution::start(&tokens.distribution_auth());
+    let forged = stranger.issue(&["repository:test/app:pull,push"]);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v2/test/app/blobs/uploads/", registry.url))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "{}", registry.log());
+    let genuine = tokens.issue(&["repository:test/app:pull,push"]);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v2/test/app/blobs/uploads/", registry.url))
+        .bearer_auth(genuine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", registry.log());
+}

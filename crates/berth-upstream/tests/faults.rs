@@ -332,3 +332,34 @@ async fn a_401_without_a_challenge_is_an_auth_error() {
     let e = manifest_error(answer).await;
     assert!(matches!(e, UpstreamError::Auth(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn token_server_failures_are_auth_errors_or_transient_never_not_found() {
+    for (token_status, transient) in [("404 Not Found", false), ("503 Service Unavailable", true)] {
+        let token_server = Canned::start(
+            http_answer(token_status, &[("Content-Length", "0")], b""),
+            Then::Close,
+        );
+        let challenge = format!(
+            "Bearer realm=\"{}/token\",service=\"s\",scope=\"repository:test/app:pull\"",
+            token_server.url
+        );
+        let registry = Canned::start(
+            http_answer(
+                "401 Unauthorized",
+                &[("WWW-Authenticate", &challenge), ("Content-Length", "0")],
+                b"",
+            ),
+            Then::Close,
+        );
+        let e = upstream(&registry.url, 5, 5)
+            .head_manifest(&repo(), &tag())
+            .await
+            .unwrap_err();
+        assert!(!e.is_not_found(), "{e:?}");
+        assert_eq!(e.is_transient(), transient, "{e:?}");
+        if !transient {
+            assert!(matches!(e, UpstreamError::Auth(_)), "{e:?}");
+        }
+    }
+}

@@ -36,7 +36,73 @@ struct FillState {
     upload: Option<UploadId>,
     /// Bytes written to the upload area so far.
     progress: Option<watch::Receiver<u64>>,
-    done: Option<std::result::Result<(), Arc<str>>>,
+    done: Option<std::result::Result<(), FillError>>,
+}
+
+/// Why a fill failed, kept so every waiting reader gets the same answer.
+#[derive(Clone, Debug)]
+struct FillError {
+    upstream: String,
+    status: Option<u16>,
+    timeout: bool,
+    not_found: Option<String>,
+    message: String,
+}
+
+impl FillError {
+    fn of(e: &RegistryError) -> FillError {
+        let mut f = FillError {
+            upstream: String::new(),
+            status: None,
+            timeout: false,
+            not_found: None,
+            message: e.to_string(),
+        };
+        match e {
+            RegistryError::Upstream {
+                upstream,
+                status,
+                timeout,
+                message,
+            } => {
+                f.upstream = upstream.clone();
+                f.status = *status;
+                f.timeout = *timeout;
+                f.message = message.clone();
+            }
+            RegistryError::UpstreamNotFound {
+                upstream, reference, ..
+            } => {
+                f.upstream = upstream.clone();
+                f.not_found = Some(reference.clone());
+            }
+            RegistryError::UpstreamInvalid { upstream, .. } => f.upstream = upstream.clone(),
+            _ => {}
+        }
+        f
+    }
+
+    fn to_error(&self) -> RegistryError {
+        match &self.not_found {
+            Some(reference) => RegistryError::UpstreamNotFound {
+                upstream: self.upstream.clone(),
+                what: "blob",
+                reference: reference.clone(),
+            },
+            None => RegistryError::Upstream {
+                upstream: self.upstream.clone(),
+                status: self.status,
+                timeout: self.timeout,
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl FillState {
@@ -156,7 +222,7 @@ impl Registry {
             .clone();
         match (&st.done, st.size, &st.upload, st.progress) {
             (Some(Ok(())), ..) => Ok(Joined::Stored),
-            (Some(Err(e)), ..) => Err(fill_failed(c, e)),
+            (Some(Err(e)), ..) => Err(e.to_error()),
             (None, Some(size), Some(id), Some(progress)) => match self.blobs.read_upload(id).await {
                 Ok(reader) => Ok(Joined::Streaming {
                     size,
@@ -193,7 +259,7 @@ impl Registry {
         // Outcome first, then forget the fill: a request arriving after this sees the
         // stored blob, or starts a fresh fill after a failure.
         fill.state
-            .send_modify(|s| s.done = Some(result.map_err(|e| Arc::from(e.to_string()))));
+            .send_modify(|s| s.done = Some(result.map_err(|e| FillError::of(&e))));
         self.fills.lock().unwrap().remove(&digest);
     }
 
@@ -268,7 +334,7 @@ async fn wait_done(c: &CachedRepo, mut state: watch::Receiver<FillState>) -> Res
         .await
         .map_err(|_| fill_failed(c, "the fill stopped"))?;
     match &st.done {
-        Some(Err(e)) => Err(fill_failed(c, e)),
+        Some(Err(e)) => Err(e.to_error()),
         _ => Ok(()),
     }
 }
