@@ -406,6 +406,13 @@ fn two_upstreams_at_once() {
         get(&format!("{b}/v2/_catalog")).json()["repositories"],
         serde_json::json!(["a.test/lib/app", "z.test/lib/app"])
     );
+    // Content is content: a layer both upstreams have is fetched once, from the first asked.
+    let shared = bytes(23, 50_000);
+    let l = a.put_blob(REPO, shared.clone());
+    assert_eq!(z.put_blob(REPO, shared.clone()), l);
+    assert_eq!(get(&format!("{b}/v2/a.test/{REPO}/blobs/{l}")).body, shared);
+    assert_eq!(get(&format!("{b}/v2/z.test/{REPO}/blobs/{l}")).body, shared);
+    assert_eq!(z.requests("GET", &blob_path(&l)), 0);
     // Hosted repositories still work beside them.
     push_image(&b, "team/own", "v1", 22, 1);
     assert_eq!(

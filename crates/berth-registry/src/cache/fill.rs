@@ -151,7 +151,11 @@ impl Registry {
             }
         }
         match self.join(c, digest).await? {
-            Joined::Stored => self.blob_size(&c.local, digest).await,
+            Joined::Stored => {
+                // The fill may have committed the blob under another cached repository.
+                self.link_held(c, digest).await?;
+                self.blob_size(&c.local, digest).await
+            }
             Joined::Streaming { size, .. } => Ok(size),
         }
     }
@@ -174,7 +178,10 @@ impl Registry {
             }
         }
         match self.join(c, digest).await? {
-            Joined::Stored => self.open_blob(&c.local, digest, range).await,
+            Joined::Stored => {
+                self.link_held(c, digest).await?;
+                self.open_blob(&c.local, digest, range).await
+            }
             Joined::Streaming {
                 size,
                 reader,
@@ -184,6 +191,7 @@ impl Registry {
                 if let Some(r) = range(size)? {
                     // A range of a blob still arriving: wait for the verified whole.
                     wait_done(c, state).await?;
+                    self.link_held(c, digest).await?;
                     return self.open_blob(&c.local, digest, |_| Ok(Some(r))).await;
                 }
                 let body = stream(size, reader, state, progress);
