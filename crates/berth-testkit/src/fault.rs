@@ -225,8 +225,9 @@ impl FaultUpstream {
         self.state().total
     }
 
-    /// `true`: closes the listening socket (new connections are refused) and drops every open
-    /// connection. `false`: listens again on the same port. Takes effect before returning.
+    /// `true`: stops listening (new connections are refused: ECONNREFUSED, curl exit 7) and
+    /// drops every open connection; the port stays reserved by a bound, non-listening socket.
+    /// `false`: listens again on the same port. Takes effect before returning.
     pub fn set_down(&self, down: bool) {
         let (tx, rx) = mpsc::channel();
         self.cmds
@@ -258,23 +259,32 @@ async fn run(
     mut cmds: tmpsc::UnboundedReceiver<Cmd>,
 ) {
     let mut listener = Some(listener);
+    // While down, a bound but non-listening socket keeps the port: connections to it are
+    // refused, yet no other server (say, a parallel test's) can take the port meanwhile.
+    let mut reserved: Option<TcpSocket> = None;
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 None | Some(Cmd::Shutdown) => break,
                 Some(Cmd::SetDown(true, ack)) => {
-                    listener = None;
+                    if listener.take().is_some() {
+                        reserved = reserve(addr).await.ok();
+                    }
                     conns.abort_all();
                     // Wait for the aborted tasks to be dropped, which closes their sockets.
                     while conns.join_next().await.is_some() {}
                     let _ = ack.send(Ok(()));
                 }
                 Some(Cmd::SetDown(false, ack)) => {
-                    let res = match listener {
-                        Some(_) => Ok(()),
-                        None => rebind(addr).await.map(|l| listener = Some(l)),
-                    };
+                    let mut res = Ok(());
+                    if listener.is_none() {
+                        res = match reserved.take() {
+                            Some(sock) => sock.listen(1024),
+                            None => reserve(addr).await.and_then(|sock| sock.listen(1024)),
+                        }
+                        .map(|l| listener = Some(l));
+                    }
                     let _ = ack.send(res);
                 }
             },
@@ -297,15 +307,16 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
     }
 }
 
-async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
-    // Connections we closed may linger in TIME_WAIT on this port; SO_REUSEADDR lets us listen
-    // again anyway. Retry briefly in case the kernel is still releasing the old listener.
+/// A socket bound to `addr`, not listening.
+async fn reserve(addr: SocketAddr) -> io::Result<TcpSocket> {
+    // Connections we closed may linger in TIME_WAIT on this port; SO_REUSEADDR lets us bind it
+    // anyway. Retry briefly in case the kernel is still releasing the old listener.
     let mut last = None;
     for _ in 0..50 {
         let sock = TcpSocket::new_v4()?;
         sock.set_reuseaddr(true)?;
-        match sock.bind(addr).and_then(|()| sock.listen(1024)) {
-            Ok(l) => return Ok(l),
+        match sock.bind(addr) {
+            Ok(()) => return Ok(sock),
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
