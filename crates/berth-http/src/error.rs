@@ -131,6 +131,7 @@ impl From<RegistryError> for ApiError {
             E::Upstream { .. } | E::UpstreamInvalid { .. } => {
                 ApiError::new(S::BAD_GATEWAY, C::Unavailable, msg)
             }
+            E::Busy => ApiError::new(S::CONFLICT, C::Unavailable, msg),
             E::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::new(

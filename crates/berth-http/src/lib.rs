@@ -4,6 +4,7 @@
 //! Handlers parse the request with berth-oci, call the domain in berth-registry, and map
 //! its answer (or its error, through [`error::ApiError`]) to the wire.
 
+pub mod admin;
 pub mod error;
 mod v2;
 
@@ -49,6 +50,7 @@ pub struct App {
     pub metrics: HttpMetrics,
     /// Everything /metrics shows; registered by the binary at start.
     pub prometheus: Arc<PromRegistry>,
+    pub lifecycle: admin::LifecycleDefaults,
 }
 
 pub fn router(app: App) -> Router {
@@ -59,6 +61,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/gc", axum::routing::post(admin::gc))
         .layer(middleware::from_fn_with_state(app.clone(), access_log))
         .with_state(app)
 }

@@ -65,6 +65,10 @@ pub enum RegistryError {
     },
     #[error("upstream {upstream} sent something invalid: {message}")]
     UpstreamInvalid { upstream: String, message: String },
+    #[error(
+        "another lifecycle run (garbage collection, retention or eviction) is in progress; try again when it ends"
+    )]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

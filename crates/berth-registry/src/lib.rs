@@ -7,6 +7,7 @@
 mod blobs;
 pub mod cache;
 mod error;
+pub mod lifecycle;
 mod manifests;
 pub mod metrics;
 mod upload;
@@ -66,6 +67,11 @@ pub struct Registry {
     upstreams: Vec<Arc<cache::CacheSource>>,
     /// Blob fills from upstreams in progress, one per digest.
     fills: Mutex<HashMap<Digest, Arc<cache::fill::Fill>>>,
+    /// Held while blob bytes are moved into place and recorded, or checked and deleted:
+    /// striped by digest, so a commit and a collection of one digest never interleave.
+    bytes_locks: Vec<tokio::sync::Mutex<()>>,
+    /// One lifecycle run (GC, retention, eviction) at a time.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -86,7 +92,14 @@ impl Registry {
             busy: Mutex::new(HashSet::new()),
             upstreams: Vec::new(),
             fills: Mutex::new(HashMap::new()),
+            bytes_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            lifecycle: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn bytes_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
+        let stripe = u8::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) as usize;
+        &self.bytes_locks[stripe % self.bytes_locks.len()]
     }
 
     /// Serves these upstreams as pull-through caches.

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +48,12 @@ pub struct RegistryMetrics {
     pub blobs_committed: Counter,
     pub bytes_committed: Counter,
     pub manifests_pushed: Counter,
+    pub gc_runs: Counter,
+    pub gc_manifests: Counter,
+    pub gc_blobs: Counter,
+    pub gc_bytes: Counter,
+    /// Unix time of the last completed collection.
+    pub gc_last_run: Gauge,
 }
 
 impl RegistryMetrics {
@@ -95,6 +102,31 @@ impl RegistryMetrics {
             "berth_cache_fills",
             "Blob fills from upstreams, by outcome",
             self.fills.clone(),
+        );
+        r.register(
+            "berth_gc_runs",
+            "Garbage collections completed",
+            self.gc_runs.clone(),
+        );
+        r.register(
+            "berth_gc_deleted_manifests",
+            "Manifests removed by garbage collection",
+            self.gc_manifests.clone(),
+        );
+        r.register(
+            "berth_gc_deleted_blobs",
+            "Blobs removed by garbage collection",
+            self.gc_blobs.clone(),
+        );
+        r.register(
+            "berth_gc_freed_bytes",
+            "Bytes freed by garbage collection",
+            self.gc_bytes.clone(),
+        );
+        r.register(
+            "berth_gc_last_run_timestamp_seconds",
+            "Unix time of the last completed garbage collection",
+            self.gc_last_run.clone(),
         );
     }
 }

@@ -175,10 +175,13 @@ impl Registry {
                 actual,
             });
         }
-        self.blobs.commit_upload(id, digest).await?;
-        self.meta
-            .commit_blob(repo, digest, size, Some(id), self.clock.now())
-            .await?;
+        {
+            let _bytes = self.bytes_lock(digest).lock().await;
+            self.blobs.commit_upload(id, digest).await?;
+            self.meta
+                .commit_blob(repo, digest, size, Some(id), self.clock.now())
+                .await?;
+        }
         self.metrics.blobs_committed.inc();
         self.metrics.bytes_committed.inc_by(size);
         Ok(size)

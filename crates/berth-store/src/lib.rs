@@ -14,8 +14,8 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, Referrer, Removal, UploadMeta,
-    UploadRow,
+    BlobMeta, GcReport, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest,
+    Referrer, Removal, UploadMeta, UploadRow,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -137,8 +137,32 @@ pub trait UploadMeta: Send + Sync {
     async fn uploads_idle_since(&self, before: i64) -> Result<Vec<UploadId>>;
 }
 
+/// What a garbage collection removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifests no tag, recent push or live parent/subject keeps: (repository, digest, size).
+    pub manifests: Vec<(String, Digest, u64)>,
+    /// Repository links to blobs that no manifest in that repository uses.
+    pub links: u64,
+    /// Blobs no repository links and no manifest references; their bytes can go.
+    pub blobs: Vec<(Digest, u64)>,
+}
+
 #[async_trait]
-pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta {
+pub trait LifecycleMeta: Send + Sync {
+    /// Marks and sweeps in one write transaction (rolled back for a dry run, so the dry
+    /// run reports exactly what the real run would remove). Live: every tagged manifest,
+    /// every manifest pushed at or after the cutoff of its repository's kind (`hosted`, or
+    /// `cached` for caches), their children (transitively) and referrers. Repository links
+    /// created before that cutoff that no manifest there uses go, then blobs created
+    /// before `cached` that nothing links or references.
+    async fn collect_garbage(&self, hosted: i64, cached: i64, dry_run: bool) -> Result<GcReport>;
+    /// Whether a blob row exists (checked under the bytes lock before bytes are deleted).
+    async fn blob_recorded(&self, digest: &Digest) -> Result<bool>;
+}
+
+#[async_trait]
+pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta {
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;
 }

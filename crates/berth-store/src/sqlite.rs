@@ -35,6 +35,7 @@ const SCHEMA: &[&str] = &[
         repo TEXT NOT NULL, parent TEXT NOT NULL, child TEXT NOT NULL, kind TEXT NOT NULL,
         PRIMARY KEY(repo, parent, child, kind))",
     "CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs(repo, child)",
+    "CREATE INDEX IF NOT EXISTS manifest_refs_by_child ON manifest_refs(child)",
     "CREATE TABLE IF NOT EXISTS tags(
         repo TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL,
         updated_at INTEGER NOT NULL, upstream_checked_at INTEGER,
@@ -514,6 +515,93 @@ impl UploadMeta for SqliteMeta {
             .fetch_all(&self.pool)
             .await?;
         Ok(ids.iter().filter_map(|s| UploadId::parse(s)).collect())
+    }
+}
+
+/// The mark: everything reachable from tags, recent pushes, index children and referrers.
+const GC_MARK: &str = "INSERT OR IGNORE INTO temp.gc_live(repo, digest)
+    WITH RECURSIVE live(repo, digest) AS (
+        SELECT repo, digest FROM tags
+        UNION SELECT m.repo, m.digest FROM manifests m LEFT JOIN repositories k ON k.name = m.repo
+              WHERE m.pushed_at >= CASE k.kind WHEN 'cached' THEN ?2 ELSE ?1 END
+        UNION SELECT r.repo, r.child FROM manifest_refs r
+              JOIN live l ON r.repo = l.repo AND r.parent = l.digest WHERE r.kind = 'manifest'
+        UNION SELECT m.repo, m.digest FROM manifests m
+              JOIN live l ON m.repo = l.repo AND m.subject = l.digest
+    )
+    SELECT repo, digest FROM live";
+const GC_DEAD_MANIFESTS: &str = "SELECT repo, digest, size FROM manifests m
+    WHERE NOT EXISTS (SELECT 1 FROM temp.gc_live g WHERE g.repo = m.repo AND g.digest = m.digest)
+    ORDER BY repo, digest";
+const GC_SWEEP_REFS: &str = "DELETE FROM manifest_refs
+    WHERE NOT EXISTS (SELECT 1 FROM temp.gc_live g WHERE g.repo = manifest_refs.repo AND g.digest = manifest_refs.parent)";
+const GC_SWEEP_MANIFESTS: &str = "DELETE FROM manifests
+    WHERE NOT EXISTS (SELECT 1 FROM temp.gc_live g WHERE g.repo = manifests.repo AND g.digest = manifests.digest)";
+const GC_SWEEP_LINKS: &str = "DELETE FROM repo_blobs
+    WHERE created_at < (SELECT CASE k.kind WHEN 'cached' THEN ?2 ELSE ?1 END
+                        FROM repositories k WHERE k.name = repo_blobs.repo)
+    AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.repo = repo_blobs.repo AND r.child = repo_blobs.digest)";
+const GC_DEAD_BLOBS: &str = "SELECT digest, size FROM blobs b WHERE created_at < ?2
+    AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest)
+    AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest)
+    ORDER BY digest";
+const GC_SWEEP_BLOBS: &str = "DELETE FROM blobs WHERE created_at < ?2
+    AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = blobs.digest)
+    AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = blobs.digest)";
+
+#[async_trait]
+impl LifecycleMeta for SqliteMeta {
+    async fn collect_garbage(&self, hosted: i64, cached: i64, dry_run: bool) -> Result<GcReport> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS gc_live(repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(repo, digest))")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM temp.gc_live").execute(&mut *tx).await?;
+        sqlx::query(GC_MARK)
+            .bind(hosted)
+            .bind(cached)
+            .execute(&mut *tx)
+            .await?;
+        let mut report = GcReport::default();
+        for row in sqlx::query(GC_DEAD_MANIFESTS).fetch_all(&mut *tx).await? {
+            let repo: String = row.get(0);
+            let digest = parse_digest(row.get(1))?;
+            report.manifests.push((repo, digest, row.get::<i64, _>(2) as u64));
+        }
+        sqlx::query(GC_SWEEP_REFS).execute(&mut *tx).await?;
+        sqlx::query(GC_SWEEP_MANIFESTS).execute(&mut *tx).await?;
+        report.links = sqlx::query(GC_SWEEP_LINKS)
+            .bind(hosted)
+            .bind(cached)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for row in sqlx::query(GC_DEAD_BLOBS)
+            .bind(hosted)
+            .bind(cached)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            report
+                .blobs
+                .push((parse_digest(row.get(0))?, row.get::<i64, _>(1) as u64));
+        }
+        sqlx::query(GC_SWEEP_BLOBS)
+            .bind(hosted)
+            .bind(cached)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM temp.gc_live").execute(&mut *tx).await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
+    async fn blob_recorded(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blob_size(digest).await?.is_some())
     }
 }
 

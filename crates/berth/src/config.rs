@@ -22,8 +22,91 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub uploads: Uploads,
+    #[serde(default)]
+    pub gc: Gc,
     #[serde(default = "default_upstreams", rename = "upstream")]
     pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gc {
+    #[serde(deserialize_with = "duration")]
+    pub grace: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub cache_grace: Duration,
+    #[serde(deserialize_with = "schedule")]
+    pub schedule: Schedule,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc {
+            grace: Duration::from_secs(3600),
+            cache_grace: Duration::from_secs(600),
+            schedule: Schedule::DailyAt(3, 0),
+        }
+    }
+}
+
+/// When a job runs inside the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Off,
+    Every(Duration),
+    /// Hour and minute, UTC.
+    DailyAt(u32, u32),
+}
+
+impl Schedule {
+    /// Parses "off", "6h" or "daily 03:00".
+    pub fn parse(s: &str) -> Result<Schedule, String> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(Schedule::Off);
+        }
+        if let Some(t) = s.strip_prefix("daily ") {
+            let (h, m) = t.trim().split_once(':').ok_or("a daily time is written HH:MM")?;
+            let (h, m): (u32, u32) = (
+                h.parse().map_err(|_| "bad hour")?,
+                m.parse().map_err(|_| "bad minute")?,
+            );
+            if h > 23 || m > 59 {
+                return Err(format!("{t:?} is not a time of day"));
+            }
+            return Ok(Schedule::DailyAt(h, m));
+        }
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(Schedule::Every(d)),
+            _ => Err(format!(
+                "{s:?} is not \"off\", an interval like \"6h\" or \"daily 03:00\""
+            )),
+        }
+    }
+
+    /// How long from `now` (Unix seconds) until the next run; `None` when off.
+    pub fn next_in(&self, now: u64) -> Option<Duration> {
+        match *self {
+            Schedule::Off => None,
+            Schedule::Every(d) => Some(d),
+            Schedule::DailyAt(h, m) => {
+                let day = 86_400;
+                let at = (h * 3600 + m * 60) as u64;
+                let since_midnight = now % day;
+                let wait = if at > since_midnight {
+                    at - since_midnight
+                } else {
+                    day - since_midnight + at
+                };
+                Some(Duration::from_secs(wait))
+            }
+        }
+    }
+}
+
+fn schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Schedule, D::Error> {
+    let s = String::deserialize(d)?;
+    Schedule::parse(&s).map_err(serde::de::Error::custom)
 }
 
 impl Default for Config {
@@ -33,6 +116,7 @@ impl Default for Config {
             storage: Storage::default(),
             limits: Limits::default(),
             uploads: Uploads::default(),
+            gc: Gc::default(),
             upstreams: default_upstreams(),
         }
     }
@@ -294,6 +378,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn schedules() {
+        assert_eq!(Schedule::parse("off"), Ok(Schedule::Off));
+        assert_eq!(
+            Schedule::parse("6h"),
+            Ok(Schedule::Every(Duration::from_secs(6 * 3600)))
+        );
+        assert_eq!(Schedule::parse("daily 03:30"), Ok(Schedule::DailyAt(3, 30)));
+        assert!(Schedule::parse("daily 25:00").is_err());
+        assert!(Schedule::parse("sometimes").is_err());
+        // 02:00 UTC -> 03:30 is 90 minutes away; 04:00 -> next day's 03:30.
+        let d = Schedule::DailyAt(3, 30);
+        assert_eq!(d.next_in(2 * 3600), Some(Duration::from_secs(5400)));
+        assert_eq!(d.next_in(4 * 3600), Some(Duration::from_secs(86_400 - 1800)));
+        assert!(err("[gc]\nschedule = \"hourly\"").starts_with("gc.schedule:"));
     }
 
     #[test]

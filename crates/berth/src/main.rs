@@ -1,6 +1,7 @@
 //! berth: a self-healing container registry in one binary. This crate is glue: commands,
 //! configuration, wiring.
 
+mod admin_cli;
 mod config;
 mod hosts_toml;
 mod serve;
@@ -27,6 +28,21 @@ enum Command {
     /// Serve the registry (with the embedded defaults unless --config is given).
     Serve {
         /// A TOML configuration file; keys it leaves out take their default.
+        #[arg(long, short, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Collect garbage on the running server: manifests no tag reaches, then the blobs
+    /// nothing uses. Prints what was (or, with --dry-run, would be) deleted.
+    Gc {
+        /// Report what would be deleted and the bytes freed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep untagged manifests and new uploads younger than this (default: gc.grace).
+        #[arg(long)]
+        grace: Option<String>,
+        /// The server's URL (default: from the configuration's listen address).
+        #[arg(long)]
+        server: Option<String>,
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -57,6 +73,10 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
+fn load(config: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    config.map(Config::load).unwrap_or_else(|| Ok(Config::default()))
+}
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -66,6 +86,15 @@ fn main() -> std::process::ExitCode {
             .map(Config::load)
             .unwrap_or_else(|| Ok(Config::default()))
             .and_then(serve::run),
+        Command::Gc {
+            dry_run,
+            grace,
+            server,
+            config,
+        } => load(config.as_deref()).and_then(|c| {
+            let server = server.unwrap_or_else(|| admin_cli::server_url(&c));
+            admin_cli::gc(&server, dry_run, grace.as_deref())
+        }),
         Command::HostsToml { mirror, out, config } => config
             .as_deref()
             .map(Config::load)

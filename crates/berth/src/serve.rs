@@ -82,6 +82,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
         metrics: http_metrics,
         prometheus: Arc::new(prometheus),
+        lifecycle: berth_http::admin::LifecycleDefaults {
+            gc_grace: config.gc.grace,
+            cache_grace: config.gc.cache_grace,
+        },
     };
 
     let (areas, rows) = registry
@@ -96,6 +100,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     tokio::spawn(expire_uploads(registry.clone(), config.uploads.clone()));
+    tokio::spawn(scheduled_gc(registry.clone(), config.gc.clone()));
 
     let listener = listen(config.server.listen)?;
     let addr = listener.local_addr()?;
@@ -110,11 +115,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        axum::serve(listener, berth_http::router(app))
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
+        axum::serve(
+            listener,
+            berth_http::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .into_future(),
     );
     let signal = shutdown_signal().await;
     tracing::info!(signal, timeout = ?config.server.shutdown_timeout, "stopping: no new connections, finishing in-flight requests");
@@ -174,6 +182,24 @@ async fn expire_uploads(registry: Arc<Registry>, cfg: crate::config::Uploads) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "removed idle upload sessions"),
             Err(e) => tracing::warn!(error = %e, "could not expire idle uploads"),
+        }
+    }
+}
+
+/// Garbage collection on the configured schedule; a run already going (from `berth gc`)
+/// makes this one skip.
+async fn scheduled_gc(registry: Arc<Registry>, cfg: crate::config::Gc) {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let Some(wait) = cfg.schedule.next_in(now) else {
+            return;
+        };
+        tokio::time::sleep(wait).await;
+        if let Err(e) = registry.collect_garbage(cfg.grace, cfg.cache_grace, false).await {
+            tracing::warn!(error = %e, "scheduled garbage collection did not run");
         }
     }
 }

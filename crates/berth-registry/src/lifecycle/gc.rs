@@ -1,0 +1,83 @@
+//! Online garbage collection.
+//!
+//! Mark and sweep are one metadata transaction ([`berth_store::LifecycleMeta`]): a push
+//! that references a blob being collected is serialized with it, so it either keeps the
+//! blob or fails with `MANIFEST_BLOB_UNKNOWN` and the client uploads it again. Bytes are
+//! deleted only after their rows are gone, each under the blob's bytes lock with the row
+//! checked absent again, so a concurrent upload of the same digest is never undone.
+
+use std::time::{Duration, Instant};
+
+use berth_store::GcReport;
+
+use crate::{Registry, RegistryError, Result};
+
+/// What a collection did (or would do).
+#[derive(Debug)]
+pub struct GcOutcome {
+    pub dry_run: bool,
+    pub report: GcReport,
+    /// Bytes of blob files deleted (or that would be).
+    pub bytes_freed: u64,
+    pub took: Duration,
+}
+
+impl Registry {
+    /// Collects garbage: manifests not reachable from a tag (nor pushed within `grace`),
+    /// then the links and blobs nothing live uses. Caches use `cache_grace`.
+    pub async fn collect_garbage(
+        &self,
+        grace: Duration,
+        cache_grace: Duration,
+        dry_run: bool,
+    ) -> Result<GcOutcome> {
+        let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        let started = Instant::now();
+        let now = self.clock.now();
+        let report = self
+            .meta
+            .collect_garbage(
+                now - grace.as_secs() as i64,
+                now - cache_grace.as_secs() as i64,
+                dry_run,
+            )
+            .await?;
+        let mut bytes_freed = 0;
+        for (digest, size) in &report.blobs {
+            if dry_run {
+                bytes_freed += size;
+                continue;
+            }
+            let _bytes = self.bytes_lock(digest).lock().await;
+            if self.meta.blob_recorded(digest).await? {
+                continue; // uploaded again since the sweep: keep
+            }
+            self.blobs.delete(digest).await?;
+            bytes_freed += size;
+        }
+        let outcome = GcOutcome {
+            dry_run,
+            report,
+            bytes_freed,
+            took: started.elapsed(),
+        };
+        if !dry_run {
+            let m = &self.metrics;
+            m.gc_runs.inc();
+            m.gc_manifests.inc_by(outcome.report.manifests.len() as u64);
+            m.gc_blobs.inc_by(outcome.report.blobs.len() as u64);
+            m.gc_bytes.inc_by(outcome.bytes_freed);
+            m.gc_last_run.set(now);
+        }
+        tracing::info!(
+            dry_run,
+            manifests = outcome.report.manifests.len(),
+            links = outcome.report.links,
+            blobs = outcome.report.blobs.len(),
+            bytes = outcome.bytes_freed,
+            ms = outcome.took.as_millis() as u64,
+            "garbage collection"
+        );
+        Ok(outcome)
+    }
+}
