@@ -1,29 +1,38 @@
-//! `/admin`: lifecycle runs on demand (what `berth gc` calls). Answers only clients on
-//! loopback addresses: triggering runs is an operator's act, not a remote one.
+//! `/admin`: lifecycle runs on demand (what `berth gc`, `berth retention` and
+//! `berth evict` call). Answers only clients on loopback addresses: triggering runs is an
+//! operator's act, not a remote one. Every run takes `dry_run=true`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_oci::ErrorCode;
-use serde_json::json;
+use berth_registry::lifecycle::{EvictionPolicy, GcOutcome, Grace, RetentionRule};
+use serde_json::{Value, json};
 
 use crate::App;
 use crate::error::ApiError;
 
-/// Defaults of lifecycle runs, from the configuration.
+/// Lifecycle settings from the configuration.
 #[derive(Clone, Debug)]
 pub struct LifecycleDefaults {
-    pub gc_grace: Duration,
-    pub cache_grace: Duration,
+    pub grace: Grace,
+    pub rules: Vec<RetentionRule>,
+    pub eviction: EvictionPolicy,
+}
+
+#[derive(Clone, Copy)]
+pub enum Run {
+    Gc,
+    Retention,
+    Evict,
 }
 
 fn loopback_only(peer: Option<SocketAddr>) -> Result<(), ApiError> {
     match peer {
-        Some(p) if p.ip().is_loopback() || p.ip().to_canonical().is_loopback() => Ok(()),
+        Some(p) if p.ip().to_canonical().is_loopback() => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Denied,
@@ -32,9 +41,9 @@ fn loopback_only(peer: Option<SocketAddr>) -> Result<(), ApiError> {
     }
 }
 
-fn duration_param(q: &HashMap<String, String>, key: &str, default: Duration) -> Result<Duration, ApiError> {
-    match q.get(key) {
-        None => Ok(default),
+fn grace(q: &HashMap<String, String>, default: Grace) -> Result<Grace, ApiError> {
+    let parse = |key: &str, d| match q.get(key) {
+        None => Ok(d),
         Some(v) => humantime::parse_duration(v).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -42,45 +51,77 @@ fn duration_param(q: &HashMap<String, String>, key: &str, default: Duration) -> 
                 format!("{key}={v:?} is not a duration like \"1h\": {e}"),
             )
         }),
-    }
+    };
+    Ok(Grace {
+        hosted: parse("grace", default.hosted)?,
+        cached: parse("cache_grace", default.cached)?,
+    })
 }
 
-pub async fn gc(
+fn gc_json(out: &GcOutcome) -> Value {
+    let manifests: Vec<_> = out
+        .report
+        .manifests
+        .iter()
+        .map(|(repo, digest, size)| json!({"repository": repo, "digest": digest, "size": size}))
+        .collect();
+    let blobs: Vec<_> = out
+        .report
+        .blobs
+        .iter()
+        .map(|(digest, size)| json!({"digest": digest, "size": size}))
+        .collect();
+    json!({
+        "dry_run": out.dry_run,
+        "manifests": manifests,
+        "links": out.report.links,
+        "blobs": blobs,
+        "bytes_freed": out.bytes_freed,
+        "took_ms": out.took.as_millis() as u64,
+    })
+}
+
+fn tags_json(tags: &[(String, String)]) -> Value {
+    tags.iter()
+        .map(|(repo, tag)| json!({"repository": repo, "tag": tag}))
+        .collect()
+}
+
+async fn run(app: &App, what: Run, q: &HashMap<String, String>) -> Result<Value, ApiError> {
+    let dry_run = matches!(q.get("dry_run").map(String::as_str), Some("1" | "true" | "yes"));
+    let grace = grace(q, app.lifecycle.grace)?;
+    let r = &app.registry;
+    Ok(match what {
+        Run::Gc => gc_json(&r.collect_garbage(grace, dry_run).await?),
+        Run::Retention => {
+            let out = r.apply_retention(&app.lifecycle.rules, grace, dry_run).await?;
+            let mut v = gc_json(&out.gc);
+            v["tags"] = tags_json(&out.tags);
+            v
+        }
+        Run::Evict => {
+            let out = r.evict(app.lifecycle.eviction, grace, dry_run).await?;
+            let mut v = gc_json(&out.gc);
+            v["tags"] = tags_json(&out.images);
+            v["cached_bytes_before"] = json!(out.cached_bytes_before);
+            v
+        }
+    })
+}
+
+pub async fn lifecycle(
     State(app): State<App>,
     Query(q): Query<HashMap<String, String>>,
+    what: Run,
     req: axum::extract::Request,
 ) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let run = async {
-        loopback_only(peer)?;
-        let dry_run = matches!(q.get("dry_run").map(String::as_str), Some("1" | "true" | "yes"));
-        let grace = duration_param(&q, "grace", app.lifecycle.gc_grace)?;
-        let cache_grace = duration_param(&q, "cache_grace", app.lifecycle.cache_grace)?;
-        let out = app.registry.collect_garbage(grace, cache_grace, dry_run).await?;
-        let manifests: Vec<_> = out
-            .report
-            .manifests
-            .iter()
-            .map(|(repo, digest, size)| json!({"repository": repo, "digest": digest, "size": size}))
-            .collect();
-        let blobs: Vec<_> = out
-            .report
-            .blobs
-            .iter()
-            .map(|(digest, size)| json!({"digest": digest, "size": size}))
-            .collect();
-        Ok::<_, ApiError>(axum::Json(json!({
-            "dry_run": out.dry_run,
-            "grace_seconds": grace.as_secs(),
-            "manifests": manifests,
-            "links": out.report.links,
-            "blobs": blobs,
-            "bytes_freed": out.bytes_freed,
-            "took_ms": out.took.as_millis() as u64,
-        })))
+    let result = match loopback_only(peer) {
+        Ok(()) => run(&app, what, &q).await,
+        Err(e) => Err(e),
     };
-    match run.await {
-        Ok(j) => j.into_response(),
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }

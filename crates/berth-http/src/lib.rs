@@ -61,7 +61,18 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/admin/gc", axum::routing::post(admin::gc))
+        .route(
+            "/admin/gc",
+            axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Gc, r)),
+        )
+        .route(
+            "/admin/retention",
+            axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Retention, r)),
+        )
+        .route(
+            "/admin/evict",
+            axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Evict, r)),
+        )
         .layer(middleware::from_fn_with_state(app.clone(), access_log))
         .with_state(app)
 }

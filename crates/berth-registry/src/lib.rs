@@ -15,7 +15,7 @@ mod upload;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use berth_oci::{Digest, DigestHasher, UploadId};
+use berth_oci::{Digest, DigestHasher, RepoName, UploadId};
 use berth_store::{BlobStore, MetaStore};
 
 pub use blobs::BlobBody;
@@ -72,6 +72,8 @@ pub struct Registry {
     bytes_locks: Vec<tokio::sync::Mutex<()>>,
     /// One lifecycle run (GC, retention, eviction) at a time.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Pull times being written, so a burst of pulls writes once.
+    pulls_pending: Arc<Mutex<HashSet<(RepoName, Digest)>>>,
 }
 
 impl Registry {
@@ -94,7 +96,28 @@ impl Registry {
             fills: Mutex::new(HashMap::new()),
             bytes_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             lifecycle: tokio::sync::Mutex::new(()),
+            pulls_pending: Arc::default(),
         }
+    }
+
+    /// Records that a manifest was pulled (for retention and eviction), at most about
+    /// once a minute per manifest and off the request's path.
+    pub(crate) fn note_pull(&self, repo: &RepoName, m: &StoredManifest) {
+        let now = self.clock.now();
+        if m.last_pulled.is_some_and(|t| now - t < 60) {
+            return;
+        }
+        let key = (repo.clone(), m.digest.clone());
+        if !self.pulls_pending.lock().unwrap().insert(key.clone()) {
+            return;
+        }
+        let (meta, pending) = (self.meta.clone(), self.pulls_pending.clone());
+        tokio::spawn(async move {
+            if let Err(e) = meta.touch_pulled(&key.0, &key.1, now).await {
+                tracing::warn!(error = %e, "could not record a pull");
+            }
+            pending.lock().unwrap().remove(&key);
+        });
     }
 
     fn bytes_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {

@@ -111,7 +111,10 @@ impl Registry {
             Reference::Digest(d) => self.meta.manifest_by_digest(repo, d).await?,
         };
         match found {
-            Some(m) => Ok(m),
+            Some(m) => {
+                self.note_pull(repo, &m);
+                Ok(m)
+            }
             None if !self.meta.repo_exists(repo).await? => Err(RegistryError::NameUnknown(repo.clone())),
             None => Err(RegistryError::ManifestUnknown(reference.clone(), repo.clone())),
         }

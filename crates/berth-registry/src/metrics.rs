@@ -54,6 +54,8 @@ pub struct RegistryMetrics {
     pub gc_bytes: Counter,
     /// Unix time of the last completed collection.
     pub gc_last_run: Gauge,
+    pub retention_tags: Counter,
+    pub evicted_images: Counter,
 }
 
 impl RegistryMetrics {
@@ -127,6 +129,16 @@ impl RegistryMetrics {
             "berth_gc_last_run_timestamp_seconds",
             "Unix time of the last completed garbage collection",
             self.gc_last_run.clone(),
+        );
+        r.register(
+            "berth_retention_deleted_tags",
+            "Tags deleted by retention rules",
+            self.retention_tags.clone(),
+        );
+        r.register(
+            "berth_cache_evicted_images",
+            "Cached images (tags) evicted",
+            self.evicted_images.clone(),
         );
     }
 }

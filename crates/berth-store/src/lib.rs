@@ -14,8 +14,8 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, GcReport, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest,
-    Referrer, Removal, UploadMeta, UploadRow,
+    BlobMeta, Deletion, GcReport, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest,
+    PutManifest, Referrer, Removal, TagInfo, UploadMeta, UploadRow,
 };
 
 #[derive(Debug, thiserror::Error)]

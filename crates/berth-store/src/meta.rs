@@ -49,6 +49,8 @@ pub struct ManifestRow {
     /// For a lookup by tag: when the tag was last confirmed (pushed, or revalidated
     /// against the upstream of a cached repository).
     pub tag_checked_at: Option<i64>,
+    /// When the manifest was last pulled (recorded at most about once a minute).
+    pub last_pulled: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -137,6 +139,28 @@ pub trait UploadMeta: Send + Sync {
     async fn uploads_idle_since(&self, before: i64) -> Result<Vec<UploadId>>;
 }
 
+/// A deletion decided by a lifecycle rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    Tag {
+        repo: String,
+        tag: String,
+    },
+    /// An untagged manifest.
+    Manifest {
+        repo: String,
+        digest: Digest,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagInfo {
+    pub name: String,
+    pub digest: Digest,
+    pub updated_at: i64,
+    pub last_pulled: Option<i64>,
+}
+
 /// What a garbage collection removed (or, in a dry run, would remove).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -146,6 +170,8 @@ pub struct GcReport {
     pub links: u64,
     /// Blobs no repository links and no manifest references; their bytes can go.
     pub blobs: Vec<(Digest, u64)>,
+    /// Bytes held by cached repositories once this collection is done.
+    pub cached_bytes_after: u64,
 }
 
 #[async_trait]
@@ -154,9 +180,29 @@ pub trait LifecycleMeta: Send + Sync {
     /// run reports exactly what the real run would remove). Live: every tagged manifest,
     /// every manifest pushed at or after the cutoff of its repository's kind (`hosted`, or
     /// `cached` for caches), their children (transitively) and referrers. Repository links
-    /// created before that cutoff that no manifest there uses go, then blobs created
-    /// before `cached` that nothing links or references.
-    async fn collect_garbage(&self, hosted: i64, cached: i64, dry_run: bool) -> Result<GcReport>;
+    /// created before that cutoff that no manifest there uses go, then blobs that nothing
+    /// links or references (a blob row is protected by its links; the later cutoff applies).
+    /// `first`, deletions decided by retention or eviction, happen in the same
+    /// transaction before the mark, so a dry run of them reports exactly what they free.
+    async fn collect_garbage(
+        &self,
+        first: &[Deletion],
+        hosted: i64,
+        cached: i64,
+        dry_run: bool,
+    ) -> Result<GcReport>;
+    /// Repositories and whether each is a cache.
+    async fn repositories_by_kind(&self) -> Result<Vec<(String, bool)>>;
+    /// Every tag of `repo` with its push time and the last pull of its manifest, most
+    /// recently pushed first (ties: the later push first).
+    async fn tag_details(&self, repo: &str) -> Result<Vec<TagInfo>>;
+    /// Manifests of `repo` that no tag reaches (directly, as index children or as
+    /// referrers), pushed before `before`.
+    async fn untagged_before(&self, repo: &str, before: i64) -> Result<Vec<Digest>>;
+    /// Records a pull of a manifest (for retention and eviction).
+    async fn touch_pulled(&self, repo: &RepoName, digest: &Digest, now: i64) -> Result<()>;
+    /// Bytes of blobs linked into cached repositories.
+    async fn cached_bytes(&self) -> Result<u64>;
     /// Whether a blob row exists (checked under the bytes lock before bytes are deleted).
     async fn blob_recorded(&self, digest: &Digest) -> Result<bool>;
 }

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::meta::*;
+use crate::{Deletion, TagInfo};
 use crate::{Result, StoreError};
 
 const SCHEMA: &[&str] = &[
@@ -131,7 +132,8 @@ fn manifest_row(row: sqlx::sqlite::SqliteRow) -> Result<ManifestRow> {
         media_type: row.get(1),
         subject: subject.as_deref().map(parse_digest).transpose()?,
         body: row.get(3),
-        tag_checked_at: row.try_get(4).ok(),
+        tag_checked_at: row.try_get(5).ok(),
+        last_pulled: row.get(4),
     })
 }
 
@@ -317,7 +319,7 @@ impl ManifestMeta for SqliteMeta {
     }
 
     async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRow>> {
-        sqlx::query("SELECT digest, media_type, subject, body FROM manifests WHERE repo = ? AND digest = ?")
+        sqlx::query("SELECT digest, media_type, subject, body, last_pulled FROM manifests WHERE repo = ? AND digest = ?")
             .bind(repo.as_str())
             .bind(digest.to_string())
             .fetch_optional(&self.pool)
@@ -328,7 +330,7 @@ impl ManifestMeta for SqliteMeta {
 
     async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>> {
         sqlx::query(
-            "SELECT m.digest, m.media_type, m.subject, m.body,
+            "SELECT m.digest, m.media_type, m.subject, m.body, m.last_pulled,
                     COALESCE(t.upstream_checked_at, t.updated_at) FROM tags t
              JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest
              WHERE t.repo = ? AND t.name = ?",
@@ -518,12 +520,16 @@ impl UploadMeta for SqliteMeta {
     }
 }
 
+/// Bytes of blobs linked into cached repositories (what `cache.max_bytes` budgets).
+const CACHED_BYTES: &str = "SELECT SUM(size) FROM blobs WHERE digest IN
+    (SELECT l.digest FROM repo_blobs l JOIN repositories k ON k.name = l.repo WHERE k.kind = 'cached')";
+
 /// The mark: everything reachable from tags, recent pushes, index children and referrers.
 const GC_MARK: &str = "INSERT OR IGNORE INTO temp.gc_live(repo, digest)
     WITH RECURSIVE live(repo, digest) AS (
         SELECT repo, digest FROM tags
         UNION SELECT m.repo, m.digest FROM manifests m LEFT JOIN repositories k ON k.name = m.repo
-              WHERE m.pushed_at >= CASE k.kind WHEN 'cached' THEN ?2 ELSE ?1 END
+              WHERE m.pushed_at > CASE k.kind WHEN 'cached' THEN ?2 ELSE ?1 END
         UNION SELECT r.repo, r.child FROM manifest_refs r
               JOIN live l ON r.repo = l.repo AND r.parent = l.digest WHERE r.kind = 'manifest'
         UNION SELECT m.repo, m.digest FROM manifests m
@@ -538,21 +544,56 @@ const GC_SWEEP_REFS: &str = "DELETE FROM manifest_refs
 const GC_SWEEP_MANIFESTS: &str = "DELETE FROM manifests
     WHERE NOT EXISTS (SELECT 1 FROM temp.gc_live g WHERE g.repo = manifests.repo AND g.digest = manifests.digest)";
 const GC_SWEEP_LINKS: &str = "DELETE FROM repo_blobs
-    WHERE created_at < (SELECT CASE k.kind WHEN 'cached' THEN ?2 ELSE ?1 END
+    WHERE created_at <= (SELECT CASE k.kind WHEN 'cached' THEN ?2 ELSE ?1 END
                         FROM repositories k WHERE k.name = repo_blobs.repo)
     AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.repo = repo_blobs.repo AND r.child = repo_blobs.digest)";
-const GC_DEAD_BLOBS: &str = "SELECT digest, size FROM blobs b WHERE created_at < ?2
+const GC_DEAD_BLOBS: &str = "SELECT digest, size FROM blobs b WHERE created_at <= MAX(?1, ?2)
     AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest)
     AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest)
     ORDER BY digest";
-const GC_SWEEP_BLOBS: &str = "DELETE FROM blobs WHERE created_at < ?2
+const GC_SWEEP_BLOBS: &str = "DELETE FROM blobs WHERE created_at <= MAX(?1, ?2)
     AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = blobs.digest)
     AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = blobs.digest)";
 
 #[async_trait]
 impl LifecycleMeta for SqliteMeta {
-    async fn collect_garbage(&self, hosted: i64, cached: i64, dry_run: bool) -> Result<GcReport> {
+    async fn collect_garbage(
+        &self,
+        first: &[Deletion],
+        hosted: i64,
+        cached: i64,
+        dry_run: bool,
+    ) -> Result<GcReport> {
         let mut tx = self.write_tx().await?;
+        let mut deleted_first = Vec::new();
+        for d in first {
+            match d {
+                Deletion::Tag { repo, tag } => {
+                    sqlx::query("DELETE FROM tags WHERE repo = ? AND name = ?")
+                        .bind(repo)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Deletion::Manifest { repo, digest } => {
+                    // Only if untagged and no manifest lists it as a child.
+                    let size: Option<i64> = sqlx::query_scalar(
+                        "DELETE FROM manifests WHERE repo = ?1 AND digest = ?2
+                         AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo = ?1 AND t.digest = ?2)
+                         AND NOT EXISTS (SELECT 1 FROM manifest_refs r
+                                         WHERE r.repo = ?1 AND r.child = ?2 AND r.kind = 'manifest')
+                         RETURNING size",
+                    )
+                    .bind(repo)
+                    .bind(digest.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(size) = size {
+                        deleted_first.push((repo.clone(), digest.clone(), size as u64));
+                    }
+                }
+            }
+        }
         sqlx::query("CREATE TEMP TABLE IF NOT EXISTS gc_live(repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(repo, digest))")
             .execute(&mut *tx)
             .await?;
@@ -562,7 +603,10 @@ impl LifecycleMeta for SqliteMeta {
             .bind(cached)
             .execute(&mut *tx)
             .await?;
-        let mut report = GcReport::default();
+        let mut report = GcReport {
+            manifests: deleted_first,
+            ..GcReport::default()
+        };
         for row in sqlx::query(GC_DEAD_MANIFESTS).fetch_all(&mut *tx).await? {
             let repo: String = row.get(0);
             let digest = parse_digest(row.get(1))?;
@@ -592,12 +636,75 @@ impl LifecycleMeta for SqliteMeta {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM temp.gc_live").execute(&mut *tx).await?;
+        let cached: Option<i64> = sqlx::query_scalar(CACHED_BYTES).fetch_one(&mut *tx).await?;
+        report.cached_bytes_after = cached.unwrap_or(0) as u64;
         if dry_run {
             tx.rollback().await?;
         } else {
             tx.commit().await?;
         }
         Ok(report)
+    }
+
+    async fn repositories_by_kind(&self) -> Result<Vec<(String, bool)>> {
+        let rows = sqlx::query("SELECT name, kind = 'cached' FROM repositories ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn tag_details(&self, repo: &str) -> Result<Vec<TagInfo>> {
+        let rows = sqlx::query(
+            "SELECT t.name, t.digest, t.updated_at, m.last_pulled FROM tags t
+             LEFT JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest
+             WHERE t.repo = ? ORDER BY t.updated_at DESC, t.rowid DESC",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(TagInfo {
+                    name: r.get(0),
+                    digest: parse_digest(r.get(1))?,
+                    updated_at: r.get(2),
+                    last_pulled: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn untagged_before(&self, repo: &str, before: i64) -> Result<Vec<Digest>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE live(digest) AS (
+                 SELECT digest FROM tags WHERE repo = ?1
+                 UNION SELECT r.child FROM manifest_refs r JOIN live l ON r.parent = l.digest
+                       WHERE r.repo = ?1 AND r.kind = 'manifest'
+                 UNION SELECT m.digest FROM manifests m JOIN live l ON m.subject = l.digest WHERE m.repo = ?1
+             )
+             SELECT digest FROM manifests WHERE repo = ?1 AND pushed_at < ?2
+             AND digest NOT IN (SELECT digest FROM live) ORDER BY digest",
+        )
+        .bind(repo)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|d| parse_digest(d)).collect()
+    }
+
+    async fn touch_pulled(&self, repo: &RepoName, digest: &Digest, now: i64) -> Result<()> {
+        sqlx::query("UPDATE manifests SET last_pulled = ? WHERE repo = ? AND digest = ?")
+            .bind(now)
+            .bind(repo.as_str())
+            .bind(digest.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn cached_bytes(&self) -> Result<u64> {
+        let n: Option<i64> = sqlx::query_scalar(CACHED_BYTES).fetch_one(&self.pool).await?;
+        Ok(n.unwrap_or(0) as u64)
     }
 
     async fn blob_recorded(&self, digest: &Digest) -> Result<bool> {

@@ -18,14 +18,24 @@ pub fn server_url(config: &Config) -> String {
     format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
-pub fn gc(server: &str, dry_run: bool, grace: Option<&str>) -> anyhow::Result<()> {
-    let mut url = format!("{}/admin/gc?dry_run={dry_run}", server.trim_end_matches('/'));
+/// Runs a lifecycle job (`gc`, `retention` or `evict`) on the server and prints what it
+/// deleted or, with `dry_run`, would delete.
+pub fn run(server: &str, job: &str, dry_run: bool, grace: Option<&str>) -> anyhow::Result<()> {
+    let mut url = format!("{}/admin/{job}?dry_run={dry_run}", server.trim_end_matches('/'));
     if let Some(g) = grace {
         url.push_str(&format!("&grace={g}"));
     }
     let report = post(&url)?;
     let verb = if dry_run { "would delete" } else { "deleted" };
-    for m in report["manifests"].as_array().into_iter().flatten() {
+    let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
+    for t in list("tags") {
+        println!(
+            "{verb} tag {}:{}",
+            t["repository"].as_str().unwrap_or("?"),
+            t["tag"].as_str().unwrap_or("?")
+        );
+    }
+    for m in list("manifests") {
         println!(
             "{verb} manifest {}@{} ({} bytes)",
             m["repository"].as_str().unwrap_or("?"),
@@ -33,20 +43,20 @@ pub fn gc(server: &str, dry_run: bool, grace: Option<&str>) -> anyhow::Result<()
             m["size"]
         );
     }
-    for b in report["blobs"].as_array().into_iter().flatten() {
+    for b in list("blobs") {
         println!(
             "{verb} blob {} ({} bytes)",
             b["digest"].as_str().unwrap_or("?"),
             b["size"]
         );
     }
-    let count = |k: &str| report[k].as_array().map(Vec::len).unwrap_or(0);
     println!(
-        "{}: {} manifests, {} repository links, {} blobs; {} bytes {}",
-        if dry_run { "dry run" } else { "garbage collected" },
-        count("manifests"),
+        "{}{job}: {} tags, {} manifests, {} repository links, {} blobs; {} bytes {}",
+        if dry_run { "dry run of " } else { "" },
+        list("tags").len(),
+        list("manifests").len(),
         report["links"],
-        count("blobs"),
+        list("blobs").len(),
         report["bytes_freed"],
         if dry_run { "would be freed" } else { "freed" },
     );

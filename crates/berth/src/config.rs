@@ -24,6 +24,10 @@ pub struct Config {
     pub uploads: Uploads,
     #[serde(default)]
     pub gc: Gc,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub cache: Cache,
     #[serde(default = "default_upstreams", rename = "upstream")]
     pub upstreams: Vec<Upstream>,
 }
@@ -39,6 +43,15 @@ pub struct Gc {
     pub schedule: Schedule,
 }
 
+impl Gc {
+    pub fn grace(&self) -> berth_registry::lifecycle::Grace {
+        berth_registry::lifecycle::Grace {
+            hosted: self.grace,
+            cached: self.cache_grace,
+        }
+    }
+}
+
 impl Default for Gc {
     fn default() -> Self {
         Gc {
@@ -47,6 +60,95 @@ impl Default for Gc {
             schedule: Schedule::DailyAt(3, 0),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    #[serde(deserialize_with = "schedule")]
+    pub schedule: Schedule,
+    #[serde(rename = "rule")]
+    pub rules: Vec<RetentionRule>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            schedule: Schedule::DailyAt(2, 0),
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub repositories: String,
+    #[serde(default)]
+    pub keep_last: Option<usize>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub keep_pulled_within: Option<Duration>,
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub delete_untagged_after: Option<Duration>,
+}
+
+impl RetentionRule {
+    pub fn to_rule(&self) -> Result<berth_registry::lifecycle::RetentionRule, String> {
+        use berth_registry::lifecycle::Pattern;
+        Ok(berth_registry::lifecycle::RetentionRule {
+            repositories: Pattern::parse(&self.repositories)?,
+            keep_last: self.keep_last,
+            keep_pulled_within: self.keep_pulled_within,
+            keep_tags: self
+                .keep_tags
+                .iter()
+                .map(|t| Pattern::parse(t))
+                .collect::<Result<_, _>>()?,
+            delete_untagged_after: self.delete_untagged_after,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    pub max_bytes: u64,
+    #[serde(deserialize_with = "optional_duration")]
+    pub evict_unpulled_after: Option<Duration>,
+    #[serde(deserialize_with = "schedule")]
+    pub schedule: Schedule,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            max_bytes: 0,
+            evict_unpulled_after: None,
+            schedule: Schedule::Every(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl Cache {
+    pub fn policy(&self) -> berth_registry::lifecycle::EvictionPolicy {
+        berth_registry::lifecycle::EvictionPolicy {
+            max_bytes: (self.max_bytes > 0).then_some(self.max_bytes),
+            evict_unpulled_after: self.evict_unpulled_after,
+        }
+    }
+}
+
+/// A duration, or "off".
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" {
+        return Ok(None);
+    }
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not \"off\" or a duration like \"7d\": {e}")))
 }
 
 /// When a job runs inside the server.
@@ -117,6 +219,8 @@ impl Default for Config {
             limits: Limits::default(),
             uploads: Uploads::default(),
             gc: Gc::default(),
+            retention: Retention::default(),
+            cache: Cache::default(),
             upstreams: default_upstreams(),
         }
     }
@@ -342,6 +446,11 @@ impl Config {
                 }
             }
         }
+        for (i, r) in self.retention.rules.iter().enumerate() {
+            if let Err(e) = r.to_rule() {
+                bail!("retention.rule[{i}]: {e}");
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log) {
             bail!("server.log: {:?} is not a log filter: {e}", self.server.log);
         }
@@ -378,6 +487,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retention_and_cache() {
+        let c = Config::parse(
+            "[retention]\nschedule = \"off\"\n[[retention.rule]]\nrepositories = \"team/**\"\nkeep_last = 5\nkeep_tags = [\"latest\", \"/^v[0-9]+$/\"]\ndelete_untagged_after = \"7d\"\n[cache]\nmax_bytes = 1000\nevict_unpulled_after = \"30d\"\n",
+        )
+        .unwrap();
+        let rule = c.retention.rules[0].to_rule().unwrap();
+        assert!(rule.repositories.matches("team/a/b") && rule.keep_tags[1].matches("v12"));
+        assert_eq!(c.cache.policy().max_bytes, Some(1000));
+        assert!(err("[[retention.rule]]\nrepositories = \"/(/\"").starts_with("retention.rule[0]:"));
+        assert!(
+            err("[[retention.rule]]\nrepositories = \"x\"\nkeep_lats = 1")
+                .contains("unknown field `keep_lats`")
+        );
+        assert!(err("[cache]\nevict_unpulled_after = \"later\"").starts_with("cache.evict_unpulled_after:"));
     }
 
     #[test]

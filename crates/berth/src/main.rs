@@ -33,19 +33,11 @@ enum Command {
     },
     /// Collect garbage on the running server: manifests no tag reaches, then the blobs
     /// nothing uses. Prints what was (or, with --dry-run, would be) deleted.
-    Gc {
-        /// Report what would be deleted and the bytes freed; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Keep untagged manifests and new uploads younger than this (default: gc.grace).
-        #[arg(long)]
-        grace: Option<String>,
-        /// The server's URL (default: from the configuration's listen address).
-        #[arg(long)]
-        server: Option<String>,
-        #[arg(long, short, env = "BERTH_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Gc(LifecycleArgs),
+    /// Apply the retention rules on the running server, then collect garbage.
+    Retention(LifecycleArgs),
+    /// Evict cached images over `cache.max_bytes` or unpulled too long, then collect.
+    Evict(LifecycleArgs),
     /// Write containerd hosts.toml files that mirror every configured upstream through berth.
     HostsToml {
         /// berth's URL as containerd nodes reach it, e.g. http://registry.lan:5000
@@ -63,6 +55,31 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+/// Lifecycle commands act on a running server through its loopback admin API, so they
+/// share its locks and never race its own scheduled runs.
+#[derive(clap::Args)]
+struct LifecycleArgs {
+    /// Report what would be deleted and the bytes freed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep untagged manifests and new uploads younger than this (default: gc.grace).
+    #[arg(long)]
+    grace: Option<String>,
+    /// The server's URL (default: from the configuration's listen address).
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long, short, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl LifecycleArgs {
+    fn run(self, job: &str) -> anyhow::Result<()> {
+        let c = load(self.config.as_deref())?;
+        let server = self.server.unwrap_or_else(|| admin_cli::server_url(&c));
+        admin_cli::run(&server, job, self.dry_run, self.grace.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -86,15 +103,9 @@ fn main() -> std::process::ExitCode {
             .map(Config::load)
             .unwrap_or_else(|| Ok(Config::default()))
             .and_then(serve::run),
-        Command::Gc {
-            dry_run,
-            grace,
-            server,
-            config,
-        } => load(config.as_deref()).and_then(|c| {
-            let server = server.unwrap_or_else(|| admin_cli::server_url(&c));
-            admin_cli::gc(&server, dry_run, grace.as_deref())
-        }),
+        Command::Gc(a) => a.run("gc"),
+        Command::Retention(a) => a.run("retention"),
+        Command::Evict(a) => a.run("evict"),
         Command::HostsToml { mirror, out, config } => config
             .as_deref()
             .map(Config::load)

@@ -78,14 +78,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .with_upstreams(cache_sources(&config)?),
     );
+    let lifecycle = berth_http::admin::LifecycleDefaults {
+        grace: config.gc.grace(),
+        rules: config
+            .retention
+            .rules
+            .iter()
+            .map(|r| r.to_rule().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
+        eviction: config.cache.policy(),
+    };
     let app = App {
         registry: registry.clone(),
         metrics: http_metrics,
         prometheus: Arc::new(prometheus),
-        lifecycle: berth_http::admin::LifecycleDefaults {
-            gc_grace: config.gc.grace,
-            cache_grace: config.gc.cache_grace,
-        },
+        lifecycle: lifecycle.clone(),
     };
 
     let (areas, rows) = registry
@@ -100,7 +107,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     tokio::spawn(expire_uploads(registry.clone(), config.uploads.clone()));
-    tokio::spawn(scheduled_gc(registry.clone(), config.gc.clone()));
+    tokio::spawn(scheduled(
+        registry.clone(),
+        config.gc.schedule,
+        lifecycle.clone(),
+        Job::Gc,
+    ));
+    tokio::spawn(scheduled(
+        registry.clone(),
+        config.retention.schedule,
+        lifecycle.clone(),
+        Job::Retention,
+    ));
+    tokio::spawn(scheduled(
+        registry.clone(),
+        config.cache.schedule,
+        lifecycle.clone(),
+        Job::Evict,
+    ));
 
     let listener = listen(config.server.listen)?;
     let addr = listener.local_addr()?;
@@ -186,20 +210,44 @@ async fn expire_uploads(registry: Arc<Registry>, cfg: crate::config::Uploads) {
     }
 }
 
-/// Garbage collection on the configured schedule; a run already going (from `berth gc`)
-/// makes this one skip.
-async fn scheduled_gc(registry: Arc<Registry>, cfg: crate::config::Gc) {
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    Gc,
+    Retention,
+    Evict,
+}
+
+/// A lifecycle job on its schedule; when another run is going (`berth gc`, say), this
+/// one is skipped and logged.
+async fn scheduled(
+    registry: Arc<Registry>,
+    schedule: crate::config::Schedule,
+    cfg: berth_http::admin::LifecycleDefaults,
+    job: Job,
+) {
     loop {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let Some(wait) = cfg.schedule.next_in(now) else {
+        let Some(wait) = schedule.next_in(now) else {
             return;
         };
         tokio::time::sleep(wait).await;
-        if let Err(e) = registry.collect_garbage(cfg.grace, cfg.cache_grace, false).await {
-            tracing::warn!(error = %e, "scheduled garbage collection did not run");
+        let result = match job {
+            Job::Gc => registry.collect_garbage(cfg.grace, false).await.map(drop),
+            Job::Retention if cfg.rules.is_empty() => Ok(()),
+            Job::Retention => registry
+                .apply_retention(&cfg.rules, cfg.grace, false)
+                .await
+                .map(drop),
+            Job::Evict if cfg.eviction.max_bytes.is_none() && cfg.eviction.evict_unpulled_after.is_none() => {
+                Ok(())
+            }
+            Job::Evict => registry.evict(cfg.eviction, cfg.grace, false).await.map(drop),
+        };
+        if let Err(e) = result {
+            tracing::warn!(?job, error = %e, "scheduled lifecycle run did not complete");
         }
     }
 }

@@ -17,6 +17,12 @@ pub struct Served {
 
 impl Registry {
     pub async fn cached_manifest(&self, c: &CachedRepo, reference: &Reference) -> Result<Served> {
+        let served = self.cached_manifest_inner(c, reference).await?;
+        self.note_pull(&c.local, &served.manifest);
+        Ok(served)
+    }
+
+    async fn cached_manifest_inner(&self, c: &CachedRepo, reference: &Reference) -> Result<Served> {
         let fresh = |manifest| Served {
             manifest,
             stale: false,
@@ -127,6 +133,7 @@ impl Registry {
             subject: stored.subject,
             body: body.to_vec(),
             tag_checked_at: Some(now),
+            last_pulled: None,
         })
     }
 

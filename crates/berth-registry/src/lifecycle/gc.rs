@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_store::GcReport;
+use berth_store::{Deletion, GcReport};
 
 use crate::{Registry, RegistryError, Result};
 
@@ -22,23 +22,34 @@ pub struct GcOutcome {
     pub took: Duration,
 }
 
+/// Grace periods of a collection.
+#[derive(Clone, Copy, Debug)]
+pub struct Grace {
+    /// Untagged manifests pushed, and links created, within this long stay (hosted).
+    pub hosted: Duration,
+    /// The same for cached repositories.
+    pub cached: Duration,
+}
+
 impl Registry {
-    /// Collects garbage: manifests not reachable from a tag (nor pushed within `grace`),
-    /// then the links and blobs nothing live uses. Caches use `cache_grace`.
-    pub async fn collect_garbage(
-        &self,
-        grace: Duration,
-        cache_grace: Duration,
-        dry_run: bool,
-    ) -> Result<GcOutcome> {
+    /// Collects garbage: manifests not reachable from a tag (nor pushed within the grace
+    /// period), then the links and blobs nothing live uses. One lifecycle run at a time.
+    pub async fn collect_garbage(&self, grace: Grace, dry_run: bool) -> Result<GcOutcome> {
         let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        self.collect(&[], grace, dry_run).await
+    }
+
+    /// Applies `first` (deletions decided by a rule), then collects, in one transaction;
+    /// the caller holds the lifecycle lock.
+    pub(crate) async fn collect(&self, first: &[Deletion], grace: Grace, dry_run: bool) -> Result<GcOutcome> {
         let started = Instant::now();
         let now = self.clock.now();
         let report = self
             .meta
             .collect_garbage(
-                now - grace.as_secs() as i64,
-                now - cache_grace.as_secs() as i64,
+                first,
+                now - grace.hosted.as_secs() as i64,
+                now - grace.cached.as_secs() as i64,
                 dry_run,
             )
             .await?;
