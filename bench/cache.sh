@@ -44,7 +44,7 @@ log() { printf '[cache-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 err() { printf '[cache-bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { err "$*"; exit 2; }
 
-for tool in curl docker-registry python3 awk stat xargs; do
+for tool in curl docker-registry python3 awk stat cmp; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install -y docker-registry curl python3)"
 done
 [[ $BLOB_MIB =~ ^[1-9][0-9]*$ && $CLIENTS =~ ^[1-9][0-9]*$ ]] || die "BENCH_CACHE_MIB and BENCH_CACHE_CLIENTS must be positive integers"
@@ -117,7 +117,6 @@ else
     sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
     rand_file() { head -c "$2" /dev/urandom >"$1"; }
 fi
-export -f sha_file
 
 # ---------------------------------------------------------------------------------------------
 # HTTP helpers (registry API). They never exit; they return 1 and print an error.
@@ -345,34 +344,47 @@ manifest_check() { # NAME: GET the manifest by tag through the cache, as a clien
     return 1
 }
 
-# pull N URL: N curl processes started together, each writing the blob to its own file in $OUT;
-# sets P_WALL (s, launch of the first to exit of the last) and P_OK (clients that got HTTP 200,
-# the full size and the right sha256; digests are computed after the clock stops)
+# pull N URL [null]: N curl processes started together. Each writes the blob to its own file in
+# $OUT, or, with "null", to /dev/null. Sets P_WALL (s, from launching the first curl to the exit
+# of the last) and P_OK (clients that got HTTP 200 and the full size, and, when written to files,
+# bytes whose sha256 is the blob's). Digests are checked after the clock stops: the first good
+# copy is hashed, every other copy is compared with it byte for byte (cmp), which proves the
+# same sha256 at a fraction of the CPU; a copy that differs is hashed to report its digest.
 P_WALL=ERR P_OK=0
 pull() {
-    local n=$1 url=$2 i p t0 t1 code size h
+    local n=$1 url=$2 sink=${3:-files} i p t0 t1 code size h ref= dst
     local -a pids=()
-    rm -f "$OUT"/c.* "$WORK"/w.*
+    rm -f "$OUT"/c.* "$WORK"/w.* "$WORK"/e.*
     t0=$(now)
     for ((i = 0; i < n; i++)); do
-        curl -sS --max-time "$CURL_MAX" -o "$OUT/c.$i" -w '%{http_code} %{size_download}' "$url" >"$WORK/w.$i" 2>"$WORK/e.$i" &
+        if [[ $sink == null ]]; then dst=/dev/null; else dst=$OUT/c.$i; fi
+        curl -sS --max-time "$CURL_MAX" -o "$dst" -w '%{http_code} %{size_download}' "$url" >"$WORK/w.$i" 2>"$WORK/e.$i" &
         pids+=($!)
         OUR_PIDS+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || true; forget_pid "$p"; done
     t1=$(now)
     P_WALL=$(elapsed "$t0" "$t1")
-    # digests, 2 at a time (one per core)
-    for ((i = 0; i < n; i++)); do [[ -f $OUT/c.$i ]] && printf '%s\n' "$OUT/c.$i"; done |
-        timeout 600 xargs -r -P 2 -I{} bash -c 'printf "%s %s\n" "$(basename {})" "$(sha_file {})"' >"$WORK/digests" || true
     P_OK=0
     for ((i = 0; i < n; i++)); do
+        code= size= h=
         read -r code size <"$WORK/w.$i" || true
-        h=$(awk -v f="c.$i" '$1 == f { print $2 }' "$WORK/digests")
-        if [[ ${code:-} == 200 && ${size:-} == "$BLOB_SIZE" && $h == "$BLOB_HEX" ]]; then
+        if [[ $code != 200 || $size != "$BLOB_SIZE" ]]; then
+            err "client $i: HTTP ${code:-?}, ${size:-?} bytes (want $BLOB_SIZE) $(head -c 200 "$WORK/e.$i")"
+            continue
+        fi
+        if [[ $sink == null ]]; then
+            P_OK=$((P_OK + 1))
+        elif [[ -n $ref ]] && timeout 300 cmp -s "$ref" "$OUT/c.$i"; then
             P_OK=$((P_OK + 1))
         else
-            err "client $i: HTTP ${code:-?}, ${size:-?} bytes, sha256 ${h:-none} $(head -c 200 "$WORK/e.$i")"
+            h=$(sha_file "$OUT/c.$i")
+            if [[ $h == "$BLOB_HEX" ]]; then
+                P_OK=$((P_OK + 1))
+                ref=$OUT/c.$i
+            else
+                err "client $i: got $size bytes with sha256 $h (want $BLOB_HEX)"
+            fi
         fi
     done
     rm -f "$OUT"/c.*
@@ -402,36 +414,43 @@ for s in "${CACHES[@]}"; do
     rm -rf "$WORK/$s/cold1"
 
     # --- phase 2: fresh cache, CLIENTS clients at once ---
-    start_cache "$s" "$WORK/$s/cold16"
+    start_cache "$s" "$WORK/$s/coldn"
     log "$s ready at ${BASE[$s]} (pid ${PID[$s]}); phase 2: $CLIENTS clients, cold ..."
     ln0=$(up_lines)
     manifest_check "$s" || true
     timeout 300 sync || true
     pull "$CLIENTS" "$(blob_url "$s")"
-    set_r t16 "$s" "$P_WALL"
-    set_r ok16 "$s" "$P_OK/$CLIENTS"
-    set_r mibs16 "$s" "$(mib_per_s "$((CLIENTS * BLOB_SIZE))" "$P_WALL")"
-    w=$(wait_committed "$s") && RAW+=("committed_after_s.cold16.$s=$w") || { err "$s: blob not in its storage ${w}s after phase 2"; RAW+=("committed_after_s.cold16.$s=never(${w}s)"); }
+    set_r tn "$s" "$P_WALL"
+    set_r okn "$s" "$P_OK/$CLIENTS"
+    if ((P_OK == CLIENTS)); then set_r mibsn "$s" "$(mib_per_s "$((CLIENTS * BLOB_SIZE))" "$P_WALL")"; else set_r mibsn "$s" ERR; fi
+    w=$(wait_committed "$s") && RAW+=("committed_after_s.coldn.$s=$w") || { err "$s: blob not in its storage ${w}s after phase 2"; RAW+=("committed_after_s.coldn.$s=never(${w}s)"); }
     sleep 0.5
-    set_r up16 "$s" "$(up_count "$ln0" GET "$BLOB_PATH")"
-    RAW+=("upstream_blob_head.cold16.$s=$(up_count "$ln0" HEAD "$BLOB_PATH")")
-    set_r ratio "$s" "$(awk -v a="${R[t16.$s]}" -v b="${R[t1.$s]}" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) print "ERR"; else printf "%.2f", a / b }')"
-    log "$s: T$CLIENTS ${R[t16.$s]} s (${R[ratio.$s]} x T1), ${R[ok16.$s]} digests correct, upstream blob GETs ${R[up16.$s]}"
+    set_r upn "$s" "$(up_count "$ln0" GET "$BLOB_PATH")"
+    RAW+=("upstream_blob_head.coldn.$s=$(up_count "$ln0" HEAD "$BLOB_PATH")")
+    RAW+=("upstream_ping.coldn.$s=$(up_count "$ln0" GET /v2/)")
+    RAW+=("upstream_requests.coldn.$s=$(($(up_lines) - ln0))")
+    set_r ratio "$s" "$(awk -v a="${R[tn.$s]}" -v b="${R[t1.$s]}" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) print "ERR"; else printf "%.2f", a / b }')"
+    log "$s: T$CLIENTS ${R[tn.$s]} s (${R[ratio.$s]} x T1), ${R[okn.$s]} digests correct, upstream blob GETs ${R[upn.$s]}"
 
-    # --- phase 3: same process, now warm ---
+    # --- phase 3: same process, now warm: to /dev/null (serving speed), then to files (the
+    #     cold run's sink, digests checked) ---
     log "$s: phase 3: $CLIENTS clients, warm ..."
     ln0=$(up_lines)
     timeout 300 sync || true
+    pull "$CLIENTS" "$(blob_url "$s")" null
+    set_r twn "$s" "$P_WALL"
+    if ((P_OK == CLIENTS)); then set_r mibswn "$s" "$(mib_per_s "$((CLIENTS * BLOB_SIZE))" "$P_WALL")"; else set_r mibswn "$s" ERR; fi
     pull "$CLIENTS" "$(blob_url "$s")"
     set_r tw "$s" "$P_WALL"
     set_r okw "$s" "$P_OK/$CLIENTS"
     if ((P_OK == CLIENTS)); then set_r mibsw "$s" "$(mib_per_s "$((CLIENTS * BLOB_SIZE))" "$P_WALL")"; else set_r mibsw "$s" ERR; fi
+    set_r coldwarm "$s" "$(awk -v a="${R[tn.$s]}" -v b="${R[tw.$s]}" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) print "ERR"; else printf "%.2f", a / b }')"
     sleep 0.5
     set_r upw "$s" "$(up_count "$ln0" GET "$BLOB_PATH")"
-    log "$s: warm ${R[mibsw.$s]} MiB/s aggregate, ${R[okw.$s]} digests correct, upstream blob GETs ${R[upw.$s]}"
+    log "$s: warm ${R[mibswn.$s]} MiB/s aggregate to /dev/null, ${R[mibsw.$s]} MiB/s to files, ${R[okw.$s]} digests correct, upstream blob GETs ${R[upw.$s]}"
     stop_cache "$s"
     if [[ ${R[hwm_dead.$s]:-0} == 1 ]]; then set_r rss "$s" ERR; else set_r rss "$s" "$(awk -v k="${R[hwm_kib.$s]:-0}" 'BEGIN { printf "%.1f", k / 1024 }')"; fi
-    rm -rf "$WORK/$s/cold16"
+    rm -rf "$WORK/$s/coldn"
 done
 RAW+=("upstream_requests_total=$(up_lines)")
 
@@ -446,9 +465,9 @@ status() { # CACHE CHECK...: MET / NOT MET / n/a
     shift
     if [[ $s == berth && -z $BERTH ]]; then echo "n/a"; elif "$@"; then echo "MET"; else echo "NOT MET"; fi
 }
-t_one_fetch() { [[ $(get_r up16 "$1") == 1 ]]; }
+t_one_fetch() { [[ $(get_r upn "$1") == 1 ]]; }
 t_ratio() { le "$(get_r ratio "$1")" "$RATIO_MAX"; }
-t_digests() { [[ $(get_r ok16 "$1") == "$CLIENTS/$CLIENTS" && $(get_r okw "$1") == "$CLIENTS/$CLIENTS" && $(get_r ok1 "$1") == 1/1 ]]; }
+t_digests() { [[ $(get_r okn "$1") == "$CLIENTS/$CLIENTS" && $(get_r okw "$1") == "$CLIENTS/$CLIENTS" && $(get_r ok1 "$1") == 1/1 ]]; }
 t_rss() { le "$(get_r rss "$1")" "$RSS_MAX"; }
 report() {
     local b=berth d=distribution-proxy c st
@@ -465,14 +484,16 @@ report() {
     row "cold, 1 client: T1 (s)" t1
     row "cold, 1 client: MiB/s" mibs1
     row "cold, 1 client: upstream blob GETs" up1 -
-    row "cold, $CLIENTS clients: T$CLIENTS (s)" t16
+    row "cold, $CLIENTS clients: T$CLIENTS (s)" tn
     row "cold, $CLIENTS clients: T$CLIENTS/T1" ratio
-    row "cold, $CLIENTS clients: aggregate MiB/s" mibs16
-    row "cold, $CLIENTS clients: sha256 correct" ok16 -
-    row "cold, $CLIENTS clients: upstream blob GETs" up16 -
-    row "warm, $CLIENTS clients: aggregate MiB/s" mibsw
+    row "cold, $CLIENTS clients: aggregate MiB/s" mibsn
+    row "cold, $CLIENTS clients: sha256 correct" okn -
+    row "cold, $CLIENTS clients: upstream blob GETs" upn -
+    row "warm, $CLIENTS clients: MiB/s to /dev/null" mibswn
+    row "warm, $CLIENTS clients: MiB/s to files" mibsw
     row "warm, $CLIENTS clients: sha256 correct" okw -
     row "warm, $CLIENTS clients: upstream blob GETs" upw -
+    row "cold T$CLIENTS / warm T$CLIENTS (both to files)" coldwarm
     row "peak RSS VmHWM over the run (MiB)" rss
     echo
     printf 'targets (for berth; distribution-proxy shown against the same bar):  %-8s %s\n' berth distribution-proxy
