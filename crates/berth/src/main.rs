@@ -142,3 +142,33 @@ fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+#[cfg(test)]
+mod docs {
+    /// Every command and flag is in the CLI reference.
+    #[test]
+    fn reference_lists_every_command_and_flag() {
+        use clap::CommandFactory;
+        let reference = include_str!("../../../docs/reference/cli.md");
+        fn walk(cmd: &clap::Command, path: &str, reference: &str) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &path, reference);
+                    continue;
+                }
+                assert!(
+                    reference.contains(&format!("`{path}")),
+                    "docs/reference/cli.md lacks `{path}`"
+                );
+                for arg in sub.get_arguments().filter_map(|a| a.get_long()) {
+                    assert!(
+                        reference.contains(&format!("`--{arg}")),
+                        "docs/reference/cli.md lacks --{arg} ({path})"
+                    );
+                }
+            }
+        }
+        walk(&super::Cli::command(), "berth", reference);
+    }
+}
