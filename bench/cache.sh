@@ -393,6 +393,16 @@ pull() {
 # ---------------------------------------------------------------------------------------------
 # 3. the three phases, one cache after the other (never both at once)
 # ---------------------------------------------------------------------------------------------
+# CPU accounting, to tell whether other work shared the host: busy ticks of the whole machine
+# minus those of this script's process tree (reaped children, plus the still running upstream)
+cpu_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+proc_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # utime + stime
+our_ticks() { # self and reaped children, from `times` (run in this shell, not a subshell)
+    times >"$WORK/times"
+    OUR_TICKS=$(awk -v hz="$(getconf CLK_TCK)" '{ for (i = 1; i <= NF; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t * hz }' "$WORK/times")
+}
+our_ticks
+CPU0=$(cpu_busy) OURS0=$OUR_TICKS UP0=$(proc_ticks "$UP_PID") T_PHASES0=$(now)
 for s in "${CACHES[@]}"; do
     # --- phase 1: fresh cache, one client ---
     start_cache "$s" "$WORK/$s/cold1"
@@ -453,6 +463,11 @@ for s in "${CACHES[@]}"; do
     rm -rf "$WORK/$s/coldn"
 done
 RAW+=("upstream_requests_total=$(up_lines)")
+our_ticks
+FOREIGN=$(awk -v busy="$(($(cpu_busy) - CPU0))" -v ours="$((OUR_TICKS - OURS0 + $(proc_ticks "$UP_PID") - UP0))" \
+    -v secs="$(elapsed "$T_PHASES0" "$(now)")" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" \
+    'BEGIN { f = (busy - ours) / hz / secs / n * 100; if (f < 0) f = 0; printf "%.0f", f }')
+RAW+=("phases_wall_s=$(elapsed "$T_PHASES0" "$(now)")" "foreign_cpu_percent=$FOREIGN" "cpu_busy_ticks=$(($(cpu_busy) - CPU0))" "our_cpu_ticks=$((OUR_TICKS - OURS0 + $(proc_ticks "$UP_PID") - UP0))")
 
 # ---------------------------------------------------------------------------------------------
 # 4. report
@@ -476,6 +491,10 @@ report() {
     echo "host: $(nproc) cores, $(awk '/^model name/ { $1 = $2 = $3 = ""; print; exit }' /proc/cpuinfo | sed 's/^ *//'), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "caches: berth=${BERTH_SRC:-not built}; distribution $DIST_VERSION proxy mode"
     echo "upstream: distribution $DIST_VERSION on loopback, one ${BLOB_MIB} MiB random blob in $REPO:$TAG; fetches counted in its access log"
+    echo "other processes used ${FOREIGN}% of the host's CPU during the phases (machine busy time minus this script's processes)"
+    if ((FOREIGN > 10)); then
+        echo "WARNING: other work shared this host during the run; times and rates are depressed and noisy"
+    fi
     echo "clients: curl, each writes to its own file in $OUT_BASE; sha256 checked after the clock stops; cold = fresh data dir and process"
     echo
     printf '%-40s %14s %19s %11s\n' metric berth distribution-proxy berth/dist

@@ -17,6 +17,8 @@
 #   BENCH_GC_WRK_THREADS    wrk threads                                   (default 2)
 #   BENCH_GC_PATHS          tagged images whose manifest and blobs the load cycles through
 #                                                                         (default 1000)
+#   BENCH_GC_FRESH_EVERY    1 request in this many is a tagged manifest not pulled before (its
+#                           pull is recorded: a SQLite write); 0 = none      (default 100)
 #   BENCH_GC_SAMPLE         manifests checked afterwards, per kind        (default 200)
 #   BENCH_TMPDIR            where the temp work dir goes                  (default /tmp)
 #   BENCH_GC_RESULTS        results file              (default bench/gc-results-latest.txt)
@@ -32,6 +34,7 @@ WRK_DURATION=${BENCH_GC_WRK_DURATION:-10s}
 WRK_CONNS=${BENCH_GC_WRK_CONNS:-4}
 WRK_THREADS=${BENCH_GC_WRK_THREADS:-2}
 N_PATHS=${BENCH_GC_PATHS:-1000}
+FRESH_EVERY=${BENCH_GC_FRESH_EVERY:-100}
 SAMPLE=${BENCH_GC_SAMPLE:-200}
 TMP_BASE=${BENCH_TMPDIR:-/tmp}
 RESULTS=${BENCH_GC_RESULTS:-$HERE/gc-results-latest.txt}
@@ -70,7 +73,8 @@ secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
-blob_files() { find "$DATA/blobs" -type f | wc -l; }
+# blob files written by the seeder (the probe pushes come after config.toml is written)
+blob_files() { find "$DATA/blobs" -type f ! -newer "$WORK/config.toml" | wc -l; }
 
 # ---------------------------------------------------------------------------------------------
 # 0. binaries
@@ -100,7 +104,13 @@ else
     SEED=$CARGO_TARGET_DIR/release/examples/gc_seed
 fi
 [[ -x $SEED ]] || die "seeder $SEED is not executable"
-log "berth: $BERTH; seeder: $SEED"
+# copies, so that a rebuild during the run cannot swap them (server and `berth gc` stay one build)
+mkdir -p "$WORK/bin"
+cp "$BERTH" "$WORK/bin/berth" && cp "$SEED" "$WORK/bin/gc_seed" || die "copying the binaries failed"
+BERTH_SRC=$BERTH
+BERTH=$WORK/bin/berth
+SEED=$WORK/bin/gc_seed
+log "berth: $BERTH_SRC; seeder: $SEED"
 
 # ---------------------------------------------------------------------------------------------
 # 1. seed
@@ -134,6 +144,12 @@ data_dir = "$DATA"
 
 [gc]
 schedule = "off"
+
+[retention]
+schedule = "off"
+
+[cache]
+schedule = "off"
 EOF
 "$BERTH" config check "$WORK/config.toml" >/dev/null || die "config check failed"
 env -u RUST_LOG "$BERTH" serve --config "$WORK/config.toml" >"$WORK/serve.out" 2>"$WORK/serve.err" &
@@ -153,7 +169,10 @@ HWM_START=$(vm_kib "$PID" VmHWM)
 
 # ---------------------------------------------------------------------------------------------
 # load: wrk cycling through manifest GETs by tag and blob GETs of tagged images (all of which
-# must stay 200 through GC)
+# must stay 200 through GC). berth records a manifest's pull time (a SQLite write, off the
+# request path) at most once a minute per manifest; in steady state some pulls are always
+# such "fresh" pulls. So 1 request in FRESH_EVERY is a tagged manifest not pulled before in
+# this run, from a pool of its own per phase.
 # ---------------------------------------------------------------------------------------------
 # list.txt: kind repo tag manifest-digest own-layer shared-layer
 awk -v n="$N_PATHS" '$1 == "tagged" && k < n { k++; print "/v2/" $2 "/manifests/" $3; print "/v2/" $2 "/blobs/" $5 }' \
@@ -161,20 +180,37 @@ awk -v n="$N_PATHS" '$1 == "tagged" && k < n { k++; print "/v2/" $2 "/manifests/
 # and the shared layers (referenced by an untagged manifest and by its tagged partner)
 awk -v n="$N_PATHS" '$1 == "untagged" && k < n / 4 { k++; print "/v2/" $2 "/blobs/" $6 }' "$WORK/list.txt" >>"$WORK/paths.txt"
 N_LOAD_PATHS=$(wc -l <"$WORK/paths.txt")
+# the other tagged manifests, split into 4 fresh pools: baseline, dry, real, after
+PHASES=(baseline dry real after)
+N_TAGGED=$(awk '$1 == "tagged"' "$WORK/list.txt" | wc -l)
+POOL=$(((N_TAGGED - N_PATHS) / 4))
+((POOL > 0)) || die "BENCH_GC_PATHS=$N_PATHS leaves no tagged manifests for fresh pulls ($N_TAGGED tagged)"
+for ((k = 0; k < 4; k++)); do
+    awk -v from="$((N_PATHS + k * POOL))" -v n="$POOL" '$1 == "tagged" { t++; if (t > from && t <= from + n) print "/v2/" $2 "/manifests/" $3 }' \
+        "$WORK/list.txt" >"$WORK/fresh-${PHASES[$k]}.txt"
+done
 cat >"$WORK/load.lua" <<EOF
-local paths = {}
-local i = 0
+local paths, fresh = {}, {}
+local i, n, f = 0, 0, 0
 local threads = 0
 setup = function(thread)
   threads = threads + 1
   thread:set("id", threads)
 end
 init = function(args)
-  for line in io.lines("$WORK/paths.txt") do paths[#paths + 1] = line end
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  for line in io.lines(args[2]) do fresh[#fresh + 1] = line end
   i = ((id or 1) * 7919) % #paths
+  f = (id or 1) - 1 -- threads take disjoint stripes of the fresh pool
   wrk.headers["Accept"] = "$MT_MANIFEST"
 end
 request = function()
+  n = n + 1
+  if #fresh > 0 and $FRESH_EVERY > 0 and n % $FRESH_EVERY == 0 then
+    local p = fresh[f % #fresh + 1]
+    f = f + $WRK_THREADS
+    return wrk.format("GET", p)
+  end
   i = i % #paths + 1
   return wrk.format("GET", paths[i])
 end
@@ -199,15 +235,19 @@ errors_of() { # LOAD line -> total errors
     awk -v a="$(field "$1" err_connect)" -v b="$(field "$1" err_read)" -v c="$(field "$1" err_write)" \
         -v d="$(field "$1" err_status)" -v e="$(field "$1" err_timeout)" 'BEGIN { print a + b + c + d + e }'
 }
-# a script, so that `timeout` can run it and `kill` reaches wrk itself (exec)
-printf '#!/bin/sh\nexec wrk -t"%s" -c"%s" -d"$1" --timeout 30s -s "%s" "%s"\n' \
-    "$WRK_THREADS" "$WRK_CONNS" "$WORK/load.lua" "$BASE" >"$WORK/wrk.sh"
+# wrk.sh DURATION FRESHFILE: a script, so that `timeout` can run it and `kill` reaches wrk
+# itself (exec)
+printf '#!/bin/sh\nexec wrk -t"%s" -c"%s" -d"$1" --timeout 30s -s "%s" "%s" -- "%s" "$2"\n' \
+    "$WRK_THREADS" "$WRK_CONNS" "$WORK/load.lua" "$BASE" "$WORK/paths.txt" >"$WORK/wrk.sh"
 chmod +x "$WORK/wrk.sh"
 timed_load() { # NAME: a fixed-duration load run -> $WORK/load-NAME.out
     local secs=${WRK_DURATION%s}
-    timeout $((secs + 60)) "$WORK/wrk.sh" "$WRK_DURATION" >"$WORK/load-$1.out" 2>&1 ||
+    timeout $((secs + 60)) "$WORK/wrk.sh" "$WRK_DURATION" "$WORK/fresh-$1.txt" >"$WORK/load-$1.out" 2>&1 ||
         err "wrk ($1) failed: $(tail -3 "$WORK/load-$1.out")"
 }
+# warnings and errors the server logged (e.g. "could not record a pull" when a write waits
+# out busy_timeout behind GC)
+warnings() { grep -c 'WARN\|ERROR' "$WORK/serve.err" 2>/dev/null || true; }
 
 # During a GC: wrk until stopped (SIGINT makes wrk stop and print its summary), small pushes
 # (POST ?digest=, one every ~100 ms: each is a SQLite write, so they show how long GC holds the
@@ -241,7 +281,7 @@ gc_under_load() { # NAME [berth gc flags...]
     shift
     rm -f "$stop"
     # wrk's own -d bounds it; SIGINT makes it stop early and print its summary
-    "$WORK/wrk.sh" "${LOAD_MAX}s" >"$WORK/load-$name.out" 2>&1 &
+    "$WORK/wrk.sh" "${LOAD_MAX}s" "$WORK/fresh-$name.txt" >"$WORK/load-$name.out" 2>&1 &
     wrk_pid=$!
     OUR_PIDS+=("$wrk_pid")
     probe_pushes "$name" "$stop" &
@@ -270,13 +310,10 @@ gc_under_load() { # NAME [berth gc flags...]
 push_stats() { # NAME -> "count p50_ms max_ms failures" over pushes that overlapped the GC window
     local t0 t1
     read -r t0 t1 <"$WORK/gc-$1.window"
-    awk -v t0="$t0" -v t1="$t1" '
-        { end = $1; took = $3; start = end - took }
-        start <= t1 && end >= t0 { n++; v[n] = took * 1000; if ($2 != 201) bad++ }
-        END {
-            if (n == 0) { print "0 - - 0"; exit }
-            asort(v); p = v[int((n + 1) / 2)];
-            printf "%d %.1f %.1f %d\n", n, p, v[n], bad + 0 }' "$WORK/push-$1.txt"
+    awk -v t0="$t0" -v t1="$t1" '{ end = $1; took = $3; start = end - took }
+        start <= t1 && end >= t0 { printf "%.1f %s\n", took * 1000, ($2 == 201 ? 0 : 1) }' "$WORK/push-$1.txt" |
+        sort -g | awk '{ v[NR] = $1; bad += $2 }
+            END { if (NR == 0) print "0 - - 0"; else printf "%d %s %s %d\n", NR, v[int((NR + 1) / 2)], v[NR], bad }'
 }
 sample_max() { # NAME COLUMN -> max over the samples
     awk -v c="$2" '$c > m { m = $c } END { print m + 0 }' "$WORK/sample-$1.txt"
@@ -297,25 +334,33 @@ gc_count() { # NAME WHAT(manifests|links|blobs|bytes)
 FILES_BEFORE=$(blob_files)
 DB_BEFORE=$(file_size "$DATA/berth.db")
 log "warm-up 2s, then baseline load $WRK_DURATION ($N_LOAD_PATHS paths, wrk -t$WRK_THREADS -c$WRK_CONNS) ..."
-timeout 60 "$WORK/wrk.sh" 2s >/dev/null 2>&1 || true
+timeout 60 "$WORK/wrk.sh" 2s /dev/null >/dev/null 2>&1 || true
+W0=$(warnings)
 timed_load baseline
 HWM_BASELINE=$(vm_kib "$PID" VmHWM)
+W_BASE=$(($(warnings) - W0))
 
 FAILED=0
 fail() { err "CHECK FAILED: $*"; FAILED=1; }
+W0=$(warnings)
 gc_under_load dry --dry-run || fail "berth gc --dry-run failed"
+W_DRY=$(($(warnings) - W0))
 DRY_WALL=$GC_WALL
 HWM_DRY=$(vm_kib "$PID" VmHWM)
 FILES_AFTER_DRY=$(blob_files)
+W0=$(warnings)
 gc_under_load real || fail "berth gc failed"
+W_REAL=$(($(warnings) - W0))
 REAL_WALL=$GC_WALL
 HWM_GC=$(vm_kib "$PID" VmHWM)
 FILES_AFTER=$(blob_files)
 DB_AFTER=$(file_size "$DATA/berth.db")
 
 log "after-GC load $WRK_DURATION ..."
+W0=$(warnings)
 timed_load after
 HWM_END=$(vm_kib "$PID" VmHWM)
+W_AFTER=$(($(warnings) - W0))
 
 # ---------------------------------------------------------------------------------------------
 # 4. checks
@@ -343,12 +388,12 @@ run_check() { # KEY WANT LABEL (paths on stdin)
     CHECK[$1]="$out"
     ((rc == 0)) || fail "$3: $out answered $2"
 }
-sample_lines tagged | awk '{ print "/v2/" $2 "/manifests/" $3 }' | run_check tagged_tag 200 "tagged manifests by tag"
-sample_lines tagged | awk '{ print "/v2/" $2 "/manifests/" $4 }' | run_check tagged_digest 200 "tagged manifests by digest"
-sample_lines tagged | awk '{ print "/v2/" $2 "/blobs/" $5 }' | run_check tagged_blob 200 "layers of tagged manifests"
-sample_lines untagged | awk '{ print "/v2/" $2 "/blobs/" $6 }' | run_check shared_blob 200 "layers shared by untagged and tagged manifests"
-sample_lines untagged | awk '{ print "/v2/" $2 "/manifests/" $4 }' | run_check untagged_gone 404 "untagged manifests (collected)"
-sample_lines untagged | awk '{ print "/v2/" $2 "/blobs/" $5 }' | run_check untagged_blob_gone 404 "own layers of untagged manifests (collected)"
+run_check tagged_tag 200 "tagged manifests by tag" < <(sample_lines tagged | awk '{ print "/v2/" $2 "/manifests/" $3 }')
+run_check tagged_digest 200 "tagged manifests by digest" < <(sample_lines tagged | awk '{ print "/v2/" $2 "/manifests/" $4 }')
+run_check tagged_blob 200 "layers of tagged manifests" < <(sample_lines tagged | awk '{ print "/v2/" $2 "/blobs/" $5 }')
+run_check shared_blob 200 "layers shared by untagged and tagged manifests" < <(sample_lines untagged | awk '{ print "/v2/" $2 "/blobs/" $6 }')
+run_check untagged_gone 404 "untagged manifests (collected)" < <(sample_lines untagged | awk '{ print "/v2/" $2 "/manifests/" $4 }')
+run_check untagged_blob_gone 404 "own layers of untagged manifests (collected)" < <(sample_lines untagged | awk '{ print "/v2/" $2 "/blobs/" $5 }')
 
 for w in manifests links blobs bytes; do
     [[ $(gc_count dry "$w") == "$(gc_count real "$w")" ]] || fail "dry run and real run differ in $w: $(gc_count dry "$w") vs $(gc_count real "$w")"
@@ -358,11 +403,10 @@ done
 [[ $(gc_count real blobs) == "$EXP_BLOBS" ]] || fail "collected $(gc_count real blobs) blobs, the seed makes $EXP_BLOBS garbage"
 [[ $(gc_count real bytes) == "$EXP_BYTES" ]] || fail "freed $(gc_count real bytes) bytes, the seed makes $EXP_BYTES garbage"
 [[ $FILES_AFTER_DRY == "$FILES_BEFORE" ]] || fail "the dry run changed the number of blob files: $FILES_BEFORE -> $FILES_AFTER_DRY"
-# the probe pushes add blob files of their own
 PROBE_FILES=$(find "$DATA/blobs" -type f -newer "$WORK/config.toml" | wc -l)
-DROPPED=$((FILES_BEFORE + PROBE_FILES - FILES_AFTER))
+DROPPED=$((FILES_BEFORE - FILES_AFTER))
 [[ $DROPPED == "$(gc_count real blobs)" ]] ||
-    fail "blob files dropped by $DROPPED ($FILES_BEFORE before, $FILES_AFTER after, $PROBE_FILES pushed during the run); gc reported $(gc_count real blobs)"
+    fail "seeded blob files dropped by $DROPPED ($FILES_BEFORE before, $FILES_AFTER after); gc reported $(gc_count real blobs)"
 
 # ---------------------------------------------------------------------------------------------
 # 5. report
@@ -371,11 +415,25 @@ L_BASE=$(load_line "$WORK/load-baseline.out")
 L_DRY=$(load_line "$WORK/load-dry.out")
 L_REAL=$(load_line "$WORK/load-real.out")
 L_AFTER=$(load_line "$WORK/load-after.out")
-row() { # LABEL WALL LOADLINE HWM_KIB PUSHSTATS
+warn_summary() { # WARN/ERROR lines of the server grouped by message, with the longest elapsed=
+    { grep 'WARN\|ERROR' "$WORK/serve.err" || true; } | awk '
+        { msg = $0; sub(/.*(WARN|ERROR) +/, "", msg)
+          if (match(msg, /summary="[^"]*"/)) key = "slow statement " substr(msg, RSTART + 8, RLENGTH - 8)
+          else if (match(msg, / acquired_after_secs=/)) key = substr(msg, 1, RSTART - 1) " (over 2 s)"
+          else key = substr(msg, 1, 100)
+          el = 0
+          if (match(msg, /(elapsed|acquired_after)_secs=[0-9.]+/)) {
+              v = substr(msg, RSTART, RLENGTH); sub(/^[a-z_]+=/, "", v); el = v + 0
+          }
+          n[key]++; if (el > mx[key]) mx[key] = el }
+        END { for (k in n) printf "    %5d x %s%s\n", n[k], k, (mx[k] > 0 ? sprintf(" (longest %.2f s)", mx[k]) : "") }' |
+        sort -rn | head -10
+}
+row() { # LABEL WALL LOADLINE HWM_KIB WARNINGS PUSHSTATS
     local l=$3
-    printf '%-22s %8s %9s %8s %8s %9s %7s %9s %s\n' "$1" "$2" \
+    printf '%-22s %7s %8s %7s %7s %8s %6s %6s %6s %s\n' "$1" "$2" \
         "$(field "$l" rps)" "$(ms "$(field "$l" p50_us)")" "$(ms "$(field "$l" p99_us)")" "$(ms "$(field "$l" max_us)")" \
-        "$(errors_of "$l")" "$(kib_to_mib "$4")" "$5"
+        "$(errors_of "$l")" "$(kib_to_mib "$4")" "$5" "$6"
 }
 push_cell() { # NAME
     local n p50 mx bad
@@ -386,18 +444,24 @@ push_cell() { # NAME
     echo
     echo "berth gc benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty)"
     echo "host: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo)"
-    echo "berth: $BERTH"
+    echo "berth: $BERTH_SRC"
     echo "seed: $N_BLOBS blobs ($(awk -v b="${SEED_BYTES:-0}" 'BEGIN { printf "%.0f MiB", b / 1048576 }')) in 8 repositories, $N_MANIFESTS manifests (half tagged), all 2 days old"
     echo "      seeding: $SEED_TOOK; wall ${SEED_WALL}s"
     echo "load: wrk -t$WRK_THREADS -c$WRK_CONNS over $N_LOAD_PATHS paths (manifest GET by tag, blob GET; all must stay 200);"
-    echo "      during GC from 1 s before to 0.5 s after \`berth gc\`, plus one small push (POST ?digest=) every ~100 ms"
+    if ((FRESH_EVERY > 0)); then
+        echo "      1 request in $FRESH_EVERY is a tagged manifest not pulled before (berth records its pull: a SQLite write);"
+    else
+        echo "      no fresh pulls (BENCH_GC_FRESH_EVERY=0): every manifest pulled was pulled in the last minute;"
+    fi
+    echo "      during GC from 1 s before to 0.5 s after \`berth gc\`, plus one small push (POST ?digest=) every ~100 ms;"
+    echo "      errors = wrk errors (non-2xx, socket, timeout); warns = WARN/ERROR lines the server logged in the phase"
     echo
-    printf '%-22s %8s %9s %8s %8s %9s %7s %9s %s\n' phase "wall s" "req/s" "p50 ms" "p99 ms" "max ms" errors "VmHWM MiB" "pushes during gc"
-    printf '%-22s %8s %9s %8s %8s %9s %7s %9s %s\n' ---------------------- -------- --------- -------- -------- --------- ------- --------- ----------------
-    row "baseline ($WRK_DURATION)" - "$L_BASE" "$HWM_BASELINE" ""
-    row "berth gc --dry-run" "$DRY_WALL" "$L_DRY" "$HWM_DRY" "$(push_cell dry)"
-    row "berth gc" "$REAL_WALL" "$L_REAL" "$HWM_GC" "$(push_cell real)"
-    row "after gc ($WRK_DURATION)" - "$L_AFTER" "$HWM_END" ""
+    printf '%-22s %7s %8s %7s %7s %8s %6s %6s %6s %s\n' phase "wall s" "req/s" "p50 ms" "p99 ms" "max ms" errors "HWM MiB" "warns" "small pushes during gc"
+    printf '%-22s %7s %8s %7s %7s %8s %6s %6s %6s %s\n' ---------------------- ------- -------- ------- ------- -------- ------ ------ ------ ----------------------
+    row "baseline ($WRK_DURATION)" - "$L_BASE" "$HWM_BASELINE" "$W_BASE" ""
+    row "berth gc --dry-run" "$DRY_WALL" "$L_DRY" "$HWM_DRY" "$W_DRY" "$(push_cell dry)"
+    row "berth gc" "$REAL_WALL" "$L_REAL" "$HWM_GC" "$W_REAL" "$(push_cell real)"
+    row "after gc ($WRK_DURATION)" - "$L_AFTER" "$HWM_END" "$W_AFTER" ""
     echo
     echo "gc --dry-run: $(tail -1 "$WORK/gc-dry.out")"
     echo "gc:           $(tail -1 "$WORK/gc-real.out")"
@@ -406,7 +470,7 @@ push_cell() { # NAME
     echo "     sampled VmRSS max during dry run $(kib_to_mib "$(sample_max dry 2)") MiB, during gc $(kib_to_mib "$(sample_max real 2)") MiB"
     echo "WAL: max during dry run $(awk -v b="$(sample_max dry 3)" 'BEGIN { printf "%.1f", b / 1048576 }') MiB, during gc $(awk -v b="$(sample_max real 3)" 'BEGIN { printf "%.1f", b / 1048576 }') MiB;" \
         "berth.db $(awk -v b="$DB_BEFORE" 'BEGIN { printf "%.1f", b / 1048576 }') MiB before, $(awk -v b="$DB_AFTER" 'BEGIN { printf "%.1f", b / 1048576 }') MiB after"
-    echo "blob files: $FILES_BEFORE before, $FILES_AFTER after ($PROBE_FILES probe pushes added): dropped by $DROPPED"
+    echo "seeded blob files: $FILES_BEFORE before, $FILES_AFTER after: dropped by $DROPPED (and $PROBE_FILES probe pushes stored)"
     echo
     echo "checks (sample of $SAMPLE per kind):"
     echo "  tagged manifests GET by tag 200           ${CHECK[tagged_tag]:-ERR}"
@@ -429,6 +493,8 @@ push_cell() { # NAME
     echo "  gc.dry.window: $(cat "$WORK/gc-dry.window")"
     echo "  gc.real.window: $(cat "$WORK/gc-real.window")"
     echo "  vmhwm_kib: start=$HWM_START baseline=$HWM_BASELINE dry=$HWM_DRY gc=$HWM_GC end=$HWM_END"
+    echo "  server warnings, by message (sqlx logs statements over 1 s and pool waits over 2 s):"
+    warn_summary
 } | tee "$RESULTS"
 log "results written to $RESULTS"
 exit "$FAILED"

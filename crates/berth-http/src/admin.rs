@@ -9,7 +9,8 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_oci::ErrorCode;
-use berth_registry::lifecycle::{EvictionPolicy, GcOutcome, Grace, RetentionRule};
+use berth_registry::integrity::ScrubOptions;
+use berth_registry::lifecycle::{EvictionPolicy, GcOutcome, Grace, Pattern, RetentionRule};
 use serde_json::{Value, json};
 
 use crate::App;
@@ -19,6 +20,8 @@ use crate::error::ApiError;
 #[derive(Clone, Debug)]
 pub struct LifecycleDefaults {
     pub grace: Grace,
+    /// Scrub re-hash rate limit, bytes per second (0: unlimited).
+    pub scrub_max_bytes_per_sec: u64,
     pub rules: Vec<RetentionRule>,
     pub eviction: EvictionPolicy,
 }
@@ -28,6 +31,7 @@ pub enum Run {
     Gc,
     Retention,
     Evict,
+    Scrub,
 }
 
 fn loopback_only(peer: Option<SocketAddr>) -> Result<(), ApiError> {
@@ -98,6 +102,41 @@ async fn run(app: &App, what: Run, q: &HashMap<String, String>) -> Result<Value,
             let mut v = gc_json(&out.gc);
             v["tags"] = tags_json(&out.tags);
             v
+        }
+        Run::Scrub => {
+            let repositories = match q.get("repo") {
+                Some(p) => Some(Pattern::parse(p).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Unsupported,
+                        format!("repo: {e}"),
+                    )
+                })?),
+                None => None,
+            };
+            let opts = ScrubOptions {
+                repositories,
+                repair: !dry_run && matches!(q.get("repair").map(String::as_str), Some("1" | "true" | "yes")),
+                max_bytes_per_sec: app.lifecycle.scrub_max_bytes_per_sec,
+            };
+            let out = r.scrub(&opts).await?;
+            let problems: Vec<_> = out
+                .problems
+                .iter()
+                .map(|p| {
+                    json!({"kind": p.kind, "subject": p.subject, "detail": p.detail, "affected": p.affected,
+                           "cached": p.cached, "repaired": p.repaired})
+                })
+                .collect();
+            json!({
+                "repair": opts.repair,
+                "blobs_checked": out.blobs_checked,
+                "bytes_hashed": out.bytes_hashed,
+                "references_checked": out.references_checked,
+                "tags_checked": out.tags_checked,
+                "problems": problems,
+                "took_ms": out.took.as_millis() as u64,
+            })
         }
         Run::Evict => {
             let out = r.evict(app.lifecycle.eviction, grace, dry_run).await?;

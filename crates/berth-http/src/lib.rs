@@ -73,6 +73,10 @@ pub fn router(app: App) -> Router {
             "/admin/evict",
             axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Evict, r)),
         )
+        .route(
+            "/admin/scrub",
+            axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Scrub, r)),
+        )
         .layer(middleware::from_fn_with_state(app.clone(), access_log))
         .with_state(app)
 }

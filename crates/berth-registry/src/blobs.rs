@@ -3,7 +3,11 @@
 
 use berth_oci::{Digest, RepoName};
 use berth_store::{BlobRead, ByteRange, Removal};
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
 use crate::metrics::ProblemLabel;
 use crate::{Registry, RegistryError, Result};
@@ -33,7 +37,7 @@ impl Registry {
     /// Opens a blob for reading, whole or one range. The caller learns the blob's size
     /// first, so it can check a range before asking for it.
     pub async fn open_blob(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         digest: &Digest,
         range: impl FnOnce(u64) -> Result<Option<ByteRange>>,
@@ -53,9 +57,57 @@ impl Registry {
             };
         };
         let r = range(size)?;
-        let read = self.blobs.open(digest, r).await?;
+        let verify = r.is_none() && self.verify_on_read;
+        let read = if verify {
+            self.blobs.open_verified(digest).await?
+        } else {
+            self.blobs.open(digest, r).await?
+        };
         self.check_stored(digest, size, read.as_ref().map(|r| r.size))?;
-        Ok((size, r, BlobBody::Stream(read.expect("checked present"))))
+        let mut read = read.expect("checked present");
+        if verify {
+            read.body = self.quarantine_on_mismatch(digest.clone(), read.body);
+        }
+        Ok((size, r, BlobBody::Stream(read)))
+    }
+
+    /// A verified read that finds bytes hashing wrong (its stream ends in `InvalidData`
+    /// before the last bytes) takes the blob out of service: quarantined, forgotten,
+    /// logged and counted, so the next request answers 404 and a client re-push heals it.
+    fn quarantine_on_mismatch(
+        self: &Arc<Self>,
+        digest: Digest,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+        let registry = self.clone();
+        body.inspect(move |chunk| {
+            if let Err(e) = chunk
+                && e.kind() == std::io::ErrorKind::InvalidData
+            {
+                tracing::error!(%digest, error = %e, "blob bytes are corrupt; quarantining");
+                registry
+                    .metrics
+                    .blob_read_errors
+                    .get_or_create(&ProblemLabel {
+                        problem: "digest_mismatch",
+                    })
+                    .inc();
+                let (registry, digest) = (registry.clone(), digest.clone());
+                tokio::spawn(async move {
+                    let _bytes = registry.bytes_lock(&digest).lock().await;
+                    let quarantined = registry.blobs.quarantine(&digest).await;
+                    let dropped = registry.meta.drop_blob(&digest).await;
+                    if let Err(e) = quarantined
+                        .map(drop)
+                        .map_err(RegistryError::from)
+                        .and(dropped.map_err(Into::into))
+                    {
+                        tracing::error!(%digest, error = %e, "could not quarantine a corrupt blob");
+                    }
+                });
+            }
+        })
+        .boxed()
     }
 
     /// Metadata says `size` bytes; the store has `on_disk`. Any disagreement is logged,

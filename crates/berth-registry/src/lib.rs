@@ -7,6 +7,7 @@
 mod blobs;
 pub mod cache;
 mod error;
+pub mod integrity;
 pub mod lifecycle;
 mod manifests;
 pub mod metrics;
@@ -74,6 +75,8 @@ pub struct Registry {
     lifecycle: tokio::sync::Mutex<()>,
     /// Pull times being written, so a burst of pulls writes once.
     pulls_pending: Arc<Mutex<HashSet<(RepoName, Digest)>>>,
+    /// Hash every whole-blob read while it streams (storage.verify_on_read).
+    verify_on_read: bool,
 }
 
 impl Registry {
@@ -97,7 +100,14 @@ impl Registry {
             bytes_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             lifecycle: tokio::sync::Mutex::new(()),
             pulls_pending: Arc::default(),
+            verify_on_read: true,
         }
+    }
+
+    /// Whether whole-blob reads are hashed as they stream (on by default).
+    pub fn with_verify_on_read(mut self, on: bool) -> Registry {
+        self.verify_on_read = on;
+        self
     }
 
     /// Records that a manifest was pulled (for retention and eviction), at most about

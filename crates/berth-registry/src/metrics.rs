@@ -33,8 +33,21 @@ pub struct FillLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemKind {
+    pub kind: &'static str,
+    /// `hosted` or `cached`.
+    pub repository: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct RegistryMetrics {
+    pub scrub_runs: Counter,
+    pub scrub_bytes: Counter,
+    pub scrub_last_success: Gauge,
+    /// Problems the last scrub found (left unrepaired), by kind and repository kind.
+    pub integrity_problems: Family<ProblemKind, Gauge>,
+    pub integrity_repaired: Counter,
     /// Cached-repository lookups by outcome.
     pub cache: Family<CacheLabels, Counter>,
     /// Upstream requests that failed (down, timeout, 5xx, 429, invalid answers).
@@ -139,6 +152,27 @@ impl RegistryMetrics {
             "berth_cache_evicted_images",
             "Cached images (tags) evicted",
             self.evicted_images.clone(),
+        );
+        r.register("berth_scrub_runs", "Scrubs completed", self.scrub_runs.clone());
+        r.register(
+            "berth_scrub_hashed_bytes",
+            "Bytes re-hashed by scrubs",
+            self.scrub_bytes.clone(),
+        );
+        r.register(
+            "berth_scrub_last_success_timestamp_seconds",
+            "Unix time of the last completed scrub",
+            self.scrub_last_success.clone(),
+        );
+        r.register(
+            "berth_integrity_problems",
+            "Problems the last scrub found and left unrepaired, by kind and repository kind",
+            self.integrity_problems.clone(),
+        );
+        r.register(
+            "berth_integrity_repaired",
+            "Problems repaired by scrub --repair",
+            self.integrity_repaired.clone(),
         );
     }
 }

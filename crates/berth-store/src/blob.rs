@@ -71,6 +71,12 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
     /// Opens a blob for reading, all of it or one range. `None` if the bytes are missing.
     async fn open(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<BlobRead>>;
+    /// Opens a whole blob for reading while hashing it: the stream's last bytes come only
+    /// if the bytes hash to `digest`; otherwise it ends with an `InvalidData` error.
+    async fn open_verified(&self, digest: &Digest) -> Result<Option<BlobRead>>;
+    /// Moves a blob's bytes out of service into quarantine (kept for inspection, never
+    /// served). Returns false when there were no bytes.
+    async fn quarantine(&self, digest: &Digest) -> Result<bool>;
     /// Deletes a blob's bytes (missing is fine).
     async fn delete(&self, digest: &Digest) -> Result<()>;
     /// Proves the store can take writes now (for readiness).

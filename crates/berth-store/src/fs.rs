@@ -3,7 +3,8 @@
 //! Layout under the data directory:
 //! - `blobs/<algorithm>/<first two hex>/<hex>`: committed blobs, immutable;
 //! - `uploads/<id>`: upload areas being appended to;
-//! - `tmp/`: scratch space, emptied at start.
+//! - `tmp/`: scratch space, emptied at start;
+//! - `quarantine/`: damaged bytes moved out of service by a repair, for inspection.
 //!
 //! Paths are built only from [`Digest`] and [`UploadId`], whose grammars admit no `/`
 //! and no `..`, so no request can name a file outside the data directory.
@@ -69,6 +70,37 @@ impl FsBlobStore {
 
     fn upload_path(&self, id: &UploadId) -> PathBuf {
         self.root.join("uploads").join(id.as_str())
+    }
+
+    async fn open_checked(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        verify: bool,
+    ) -> Result<Option<BlobRead>> {
+        let p = self.blob_path(digest);
+        let opened = blocking(move || match File::open(&p) {
+            Ok(f) => {
+                let size = f.metadata()?.len();
+                Ok(Some((f, size)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await?;
+        let Some((mut file, size)) = opened else {
+            return Ok(None);
+        };
+        let (start, len) = match range {
+            Some(r) => (r.start, r.len()),
+            None => (0, size),
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))?;
+        }
+        let check = verify.then(|| (DigestHasher::new(digest.algorithm()), digest.clone()));
+        let body = read_ahead(file, len, check.filter(|_| range.is_none()));
+        Ok(Some(BlobRead { size, body }))
     }
 }
 
@@ -226,11 +258,15 @@ impl Drop for Pooled {
     }
 }
 
-type ChunkRead = JoinHandle<io::Result<(File, Vec<u8>)>>;
+/// Verification of a whole-blob read: the running hash and the digest it must reach.
+type Check = Option<(DigestHasher, Digest)>;
+
+type ChunkRead = JoinHandle<io::Result<(File, Vec<u8>, Check)>>;
 
 /// Reads the next chunk on the blocking pool. No thread is held while the client is slow:
-/// each chunk is one short blocking task.
-fn read_chunk(file: File, remaining: u64, mut buf: Vec<u8>) -> ChunkRead {
+/// each chunk is one short blocking task. With a check, the chunk is hashed on the same
+/// thread, and the last chunk is refused (`InvalidData`) unless the digest matches.
+fn read_chunk(file: File, remaining: u64, mut buf: Vec<u8>, mut check: Check) -> ChunkRead {
     spawn_blocking(move || {
         let want = remaining.min(READ_CHUNK as u64);
         let n = (&file).take(want).read_to_end(&mut buf)?;
@@ -240,23 +276,40 @@ fn read_chunk(file: File, remaining: u64, mut buf: Vec<u8>) -> ChunkRead {
                 format!("blob file ended with {remaining} bytes still owed"),
             ));
         }
-        Ok((file, buf))
+        if let Some((hasher, expected)) = &mut check {
+            hasher.update(&buf);
+            if n as u64 == remaining {
+                let (hasher, expected) = (hasher.clone(), expected.clone());
+                let actual = hasher.finish();
+                if actual != expected {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("blob {expected} on disk hashes to {actual}"),
+                    ));
+                }
+            }
+        }
+        Ok((file, buf, check))
     })
 }
 
 /// Streams `len` bytes from `file`, reading one chunk ahead so the disk read of the next
 /// chunk overlaps the network write of this one. Ends with an error, never early.
-fn read_ahead(file: File, len: u64) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
+fn read_ahead(
+    file: File,
+    len: u64,
+    check: Check,
+) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
     let pool = BufferPool::default();
-    let first = (len > 0).then(|| read_chunk(file, len, pool.take(READ_CHUNK)));
+    let first = (len > 0).then(|| read_chunk(file, len, pool.take(READ_CHUNK), check));
     futures_util::stream::unfold((first, len, pool), |(pending, remaining, pool)| async move {
         let read = pending?
             .await
             .unwrap_or_else(|e| Err(io::Error::other(format!("blob read task failed: {e}"))));
         match read {
-            Ok((file, buf)) => {
+            Ok((file, buf, check)) => {
                 let left = remaining - buf.len() as u64;
-                let next = (left > 0).then(|| read_chunk(file, left, pool.take(READ_CHUNK)));
+                let next = (left > 0).then(|| read_chunk(file, left, pool.take(READ_CHUNK), check));
                 let chunk = Bytes::from_owner(Pooled {
                     buf,
                     pool: pool.clone(),
@@ -363,28 +416,11 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn open(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<BlobRead>> {
-        let p = self.blob_path(digest);
-        let opened = blocking(move || match File::open(&p) {
-            Ok(f) => {
-                let size = f.metadata()?.len();
-                Ok(Some((f, size)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await?;
-        let Some((mut file, size)) = opened else {
-            return Ok(None);
-        };
-        let (start, len) = match range {
-            Some(r) => (r.start, r.len()),
-            None => (0, size),
-        };
-        if start > 0 {
-            file.seek(SeekFrom::Start(start))?;
-        }
-        let body = read_ahead(file, len);
-        Ok(Some(BlobRead { size, body }))
+        self.open_checked(digest, range, false).await
+    }
+
+    async fn open_verified(&self, digest: &Digest) -> Result<Option<BlobRead>> {
+        self.open_checked(digest, None, true).await
     }
 
     async fn delete(&self, digest: &Digest) -> Result<()> {
@@ -392,6 +428,29 @@ impl BlobStore for FsBlobStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    async fn quarantine(&self, digest: &Digest) -> Result<bool> {
+        let from = self.blob_path(digest);
+        let dir = self.root.join("quarantine");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let to = dir.join(format!(
+            "{}-{}-{stamp}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ));
+        Ok(blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            match std::fs::rename(&from, &to) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await?)
     }
 
     async fn check_writable(&self) -> Result<()> {

@@ -14,8 +14,8 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, Deletion, GcReport, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore, NewManifest,
-    PutManifest, Referrer, Removal, TagInfo, UploadMeta, UploadRow,
+    BlobMeta, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore,
+    NewManifest, PutManifest, RefRow, Referrer, Removal, TagInfo, UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]

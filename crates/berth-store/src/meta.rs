@@ -207,8 +207,45 @@ pub trait LifecycleMeta: Send + Sync {
     async fn blob_recorded(&self, digest: &Digest) -> Result<bool>;
 }
 
+/// One reference of a stored manifest, for integrity checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefRow {
+    pub repo: String,
+    pub parent: Digest,
+    pub child: Digest,
+    /// `config`, `layer` or `manifest`.
+    pub kind: String,
+    pub cached: bool,
+}
+
+/// Where a blob or manifest is used: a manifest in a repository, and the tags that reach
+/// it (directly, or through an index that lists it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub repo: String,
+    pub manifest: Digest,
+    pub tags: Vec<String>,
+}
+
 #[async_trait]
-pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta {
+pub trait IntegrityMeta: Send + Sync {
+    /// Blob rows after `after` in digest order: (digest, size).
+    async fn blobs_page(&self, after: Option<&Digest>, limit: u32) -> Result<Vec<(Digest, u64)>>;
+    async fn mark_verified(&self, digest: &Digest, now: i64) -> Result<()>;
+    /// Repositories linking a blob, and whether each is a cache.
+    async fn links_of(&self, digest: &Digest) -> Result<Vec<(String, bool)>>;
+    /// Manifest references after the given (repo, parent, child) position.
+    async fn refs_page(&self, after: Option<(String, Digest, Digest)>, limit: u32) -> Result<Vec<RefRow>>;
+    /// Every tag: (repo, tag, digest, cached).
+    async fn all_tags(&self) -> Result<Vec<(String, String, Digest, bool)>>;
+    /// Manifests that reference `digest` (as config, layer or child), with their tags.
+    async fn usages(&self, digest: &Digest) -> Result<Vec<Usage>>;
+    /// Forgets a blob whose bytes are gone or damaged: its row and every link to it.
+    async fn drop_blob(&self, digest: &Digest) -> Result<()>;
+}
+
+#[async_trait]
+pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta {
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;
 }

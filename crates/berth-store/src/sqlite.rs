@@ -713,6 +713,120 @@ impl LifecycleMeta for SqliteMeta {
 }
 
 #[async_trait]
+impl IntegrityMeta for SqliteMeta {
+    async fn blobs_page(&self, after: Option<&Digest>, limit: u32) -> Result<Vec<(Digest, u64)>> {
+        let rows = sqlx::query("SELECT digest, size FROM blobs WHERE digest > ? ORDER BY digest LIMIT ?")
+            .bind(after.map(|d| d.to_string()).unwrap_or_default())
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((parse_digest(r.get(0))?, r.get::<i64, _>(1) as u64)))
+            .collect()
+    }
+
+    async fn mark_verified(&self, digest: &Digest, now: i64) -> Result<()> {
+        sqlx::query("UPDATE blobs SET verified_at = ? WHERE digest = ?")
+            .bind(now)
+            .bind(digest.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn links_of(&self, digest: &Digest) -> Result<Vec<(String, bool)>> {
+        let rows = sqlx::query(
+            "SELECT l.repo, COALESCE(k.kind = 'cached', 0) FROM repo_blobs l
+             LEFT JOIN repositories k ON k.name = l.repo WHERE l.digest = ? ORDER BY l.repo",
+        )
+        .bind(digest.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn refs_page(&self, after: Option<(String, Digest, Digest)>, limit: u32) -> Result<Vec<RefRow>> {
+        let (repo, parent, child) = after
+            .map(|(r, p, c)| (r, p.to_string(), c.to_string()))
+            .unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT r.repo, r.parent, r.child, r.kind, COALESCE(k.kind = 'cached', 0) FROM manifest_refs r
+             LEFT JOIN repositories k ON k.name = r.repo
+             WHERE (r.repo, r.parent, r.child) > (?, ?, ?) ORDER BY r.repo, r.parent, r.child LIMIT ?",
+        )
+        .bind(repo)
+        .bind(parent)
+        .bind(child)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(RefRow {
+                    repo: r.get(0),
+                    parent: parse_digest(r.get(1))?,
+                    child: parse_digest(r.get(2))?,
+                    kind: r.get(3),
+                    cached: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn all_tags(&self) -> Result<Vec<(String, String, Digest, bool)>> {
+        let rows = sqlx::query(
+            "SELECT t.repo, t.name, t.digest, COALESCE(k.kind = 'cached', 0) FROM tags t
+             LEFT JOIN repositories k ON k.name = t.repo ORDER BY t.repo, t.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.get(0), r.get(1), parse_digest(r.get(2))?, r.get(3))))
+            .collect()
+    }
+
+    async fn usages(&self, digest: &Digest) -> Result<Vec<Usage>> {
+        let rows = sqlx::query(
+            "SELECT r.repo, r.parent,
+               (SELECT group_concat(name, ',') FROM (
+                  SELECT t.name FROM tags t WHERE t.repo = r.repo AND t.digest = r.parent
+                  UNION SELECT t.name FROM tags t JOIN manifest_refs i
+                        ON i.repo = t.repo AND i.parent = t.digest AND i.kind = 'manifest'
+                        WHERE i.repo = r.repo AND i.child = r.parent))
+             FROM manifest_refs r WHERE r.child = ? ORDER BY r.repo, r.parent",
+        )
+        .bind(digest.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let tags: Option<String> = r.get(2);
+                Ok(Usage {
+                    repo: r.get(0),
+                    manifest: parse_digest(r.get(1))?,
+                    tags: tags
+                        .map(|t| t.split(',').map(str::to_string).collect())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn drop_blob(&self, digest: &Digest) -> Result<()> {
+        let d = digest.to_string();
+        let mut tx = self.write_tx().await?;
+        for stmt in [
+            "DELETE FROM repo_blobs WHERE digest = ?",
+            "DELETE FROM blobs WHERE digest = ?",
+        ] {
+            sqlx::query(stmt).bind(&d).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl MetaStore for SqliteMeta {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -70,6 +70,19 @@ pub struct BlobStream {
     pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
+impl BlobStream {
+    /// The next chunk of the body; `None` once it has ended (and on every call after).
+    /// For callers that read the body in a loop without a `Stream` extension trait.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, UpstreamError>> {
+        let next = self.body.next().await;
+        if next.is_none() {
+            // A finished stream must not be polled again.
+            self.body = futures_util::stream::empty().boxed();
+        }
+        next
+    }
+}
+
 impl fmt::Debug for BlobStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlobStream")
@@ -292,6 +305,29 @@ impl Upstream {
             size,
             body: exact_length(resp, size, url),
         })
+    }
+
+    /// `HEAD` a blob (following redirects): its size, from `Content-Length`. A
+    /// `Docker-Content-Digest` naming another digest is [`UpstreamError::Invalid`], and so
+    /// is an answer without a `Content-Length`.
+    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
+        let remote = self.remote_repo(repo)?;
+        let url = self.url(&path::blob(&remote, digest))?;
+        self.bounded(async {
+            let resp = self.send(Method::HEAD, &url, &remote, None).await?;
+            let resp = check_status(resp).await?;
+            if let Some(said) = content_digest(resp.headers())?
+                && said.algorithm() == digest.algorithm()
+                && said != *digest
+            {
+                return Err(UpstreamError::Invalid(format!(
+                    "{url}: asked for {digest}, upstream says {said}"
+                )));
+            }
+            content_length(resp.headers())?
+                .ok_or_else(|| UpstreamError::Invalid(format!("{url}: no Content-Length")))
+        })
+        .await
     }
 
     fn url(&self, path: &str) -> Result<Url, UpstreamError> {

@@ -28,6 +28,8 @@ pub struct Config {
     pub retention: Retention,
     #[serde(default)]
     pub cache: Cache,
+    #[serde(default)]
+    pub scrub: Scrub,
     #[serde(default = "default_upstreams", rename = "upstream")]
     pub upstreams: Vec<Upstream>,
 }
@@ -140,6 +142,23 @@ impl Cache {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scrub {
+    #[serde(deserialize_with = "schedule")]
+    pub schedule: Schedule,
+    pub max_bytes_per_sec: u64,
+}
+
+impl Default for Scrub {
+    fn default() -> Self {
+        Scrub {
+            schedule: Schedule::DailyAt(4, 0),
+            max_bytes_per_sec: 0,
+        }
+    }
+}
+
 /// A duration, or "off".
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
@@ -221,6 +240,7 @@ impl Default for Config {
             gc: Gc::default(),
             retention: Retention::default(),
             cache: Cache::default(),
+            scrub: Scrub::default(),
             upstreams: default_upstreams(),
         }
     }
@@ -314,6 +334,7 @@ pub struct Server {
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub data_dir: PathBuf,
+    pub verify_on_read: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -345,6 +366,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./berth-data"),
+            verify_on_read: true,
         }
     }
 }

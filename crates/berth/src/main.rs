@@ -4,6 +4,7 @@
 mod admin_cli;
 mod config;
 mod hosts_toml;
+mod probe;
 mod serve;
 
 use std::path::PathBuf;
@@ -38,6 +39,24 @@ enum Command {
     Retention(LifecycleArgs),
     /// Evict cached images over `cache.max_bytes` or unpulled too long, then collect.
     Evict(LifecycleArgs),
+    /// Check what the registry holds: re-hash every blob, resolve every reference as a
+    /// pull would, check every tag. Exit status 1 while damage remains.
+    Scrub {
+        /// Re-fetch damaged cached content from its upstream; quarantine damaged bytes.
+        #[arg(long)]
+        repair: bool,
+        /// Report only; change nothing (overrides --repair).
+        #[arg(long)]
+        dry_run: bool,
+        /// Only repositories matching this glob (or /regex/).
+        #[arg(long)]
+        repo: Option<String>,
+        /// The server's URL (default: from the configuration's listen address).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, short, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Write containerd hosts.toml files that mirror every configured upstream through berth.
     HostsToml {
         /// berth's URL as containerd nodes reach it, e.g. http://registry.lan:5000
@@ -50,6 +69,10 @@ enum Command {
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Pull references the way a client does (index, every child, config, every layer)
+    /// against any registry and report what is missing or damaged; once, or every
+    /// --interval with Prometheus metrics.
+    Probe(probe::ProbeArgs),
     /// Show or check configuration.
     Config {
         #[command(subcommand)]
@@ -106,12 +129,24 @@ fn main() -> std::process::ExitCode {
         Command::Gc(a) => a.run("gc"),
         Command::Retention(a) => a.run("retention"),
         Command::Evict(a) => a.run("evict"),
+        Command::Scrub {
+            repair,
+            dry_run,
+            repo,
+            server,
+            config,
+        } => load(config.as_deref()).and_then(|c| {
+            let server = server.unwrap_or_else(|| admin_cli::server_url(&c));
+            admin_cli::scrub(&server, repair, dry_run, repo.as_deref())
+        }),
         Command::HostsToml { mirror, out, config } => config
             .as_deref()
             .map(Config::load)
             .unwrap_or_else(|| Ok(Config::default()))
             .and_then(|c| hosts_toml::write(&c, &mirror, &out))
             .map(|files| files.iter().for_each(|f| println!("{}", f.display()))),
+        // Its own exit statuses: 1 when a reference is damaged, 2 on usage errors.
+        Command::Probe(a) => return probe::run(a),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

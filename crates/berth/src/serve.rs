@@ -76,7 +76,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             },
             registry_metrics,
         )
-        .with_upstreams(cache_sources(&config)?),
+        .with_upstreams(cache_sources(&config)?)
+        .with_verify_on_read(config.storage.verify_on_read),
     );
     let lifecycle = berth_http::admin::LifecycleDefaults {
         grace: config.gc.grace(),
@@ -87,6 +88,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map(|r| r.to_rule().map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?,
         eviction: config.cache.policy(),
+        scrub_max_bytes_per_sec: config.scrub.max_bytes_per_sec,
     };
     let app = App {
         registry: registry.clone(),
@@ -124,6 +126,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.cache.schedule,
         lifecycle.clone(),
         Job::Evict,
+    ));
+    tokio::spawn(scheduled(
+        registry.clone(),
+        config.scrub.schedule,
+        lifecycle.clone(),
+        Job::Scrub,
     ));
 
     let listener = listen(config.server.listen)?;
@@ -215,6 +223,7 @@ enum Job {
     Gc,
     Retention,
     Evict,
+    Scrub,
 }
 
 /// A lifecycle job on its schedule; when another run is going (`berth gc`, say), this
@@ -245,6 +254,13 @@ async fn scheduled(
                 Ok(())
             }
             Job::Evict => registry.evict(cfg.eviction, cfg.grace, false).await.map(drop),
+            Job::Scrub => {
+                let opts = berth_registry::integrity::ScrubOptions {
+                    max_bytes_per_sec: cfg.scrub_max_bytes_per_sec,
+                    ..Default::default()
+                };
+                registry.scrub(&opts).await.map(drop)
+            }
         };
         if let Err(e) = result {
             tracing::warn!(?job, error = %e, "scheduled lifecycle run did not complete");
