@@ -74,6 +74,27 @@ kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 # blob files written by the seeder (the probe pushes come after config.toml is written)
+# Other work on the host skews every number here (2 cores). foreign_cpu: cores busy over 1 s in
+# processes outside this script's process group, with the busiest names.
+MY_PGRP=$(ps -o pgid= -p $$ | tr -d ' ')
+proc_cpu() { # lines: pid pgrp ticks comm
+    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+        o = index($0, "("); c = match($0, /\) [A-Za-z] /); if (!o || !c) next
+        name = substr($0, o + 1, c - o - 1); gsub(/ /, "_", name)
+        n = split(substr($0, c + 2), f, " "); print $1, f[3], f[12] + f[13], name }'
+}
+foreign_cpu() {
+    local a
+    a=$(proc_cpu)
+    sleep 1
+    proc_cpu | awk -v hz="$(getconf CLK_TCK)" -v me="$MY_PGRP" -v before="$a" '
+        BEGIN { n = split(before, l, "\n"); for (i = 1; i <= n; i++) { split(l[i], f, " "); t[f[1]] = f[3] } }
+        $2 != me && ($1 in t) { d = ($3 - t[$1]) / hz; if (d > 0) { sum += d; by[$4] += d } }
+        END {
+            top = ""
+            for (k in by) if (by[k] >= 0.05) top = top sprintf("%s%s %.2f", (top == "" ? "" : ", "), k, by[k])
+            printf "%.2f%s", sum, (top == "" ? "" : " (" top ")") }'
+}
 blob_files() { find "$DATA/blobs" -type f ! -newer "$WORK/config.toml" | wc -l; }
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +137,7 @@ log "berth: $BERTH_SRC; seeder: $SEED"
 # 1. seed
 # ---------------------------------------------------------------------------------------------
 DATA=$WORK/data
+FOREIGN_SEED=$(foreign_cpu)
 log "seeding $N_BLOBS blobs and $N_MANIFESTS manifests into $DATA ..."
 t0=$(now)
 "$SEED" "$DATA" "$N_BLOBS" "$N_MANIFESTS" "$WORK/list.txt" >"$WORK/seed.out" 2>"$WORK/seed.err" ||
@@ -335,6 +357,7 @@ FILES_BEFORE=$(blob_files)
 DB_BEFORE=$(file_size "$DATA/berth.db")
 log "warm-up 2s, then baseline load $WRK_DURATION ($N_LOAD_PATHS paths, wrk -t$WRK_THREADS -c$WRK_CONNS) ..."
 timeout 60 "$WORK/wrk.sh" 2s /dev/null >/dev/null 2>&1 || true
+FOREIGN_BASE=$(foreign_cpu)
 W0=$(warnings)
 timed_load baseline
 HWM_BASELINE=$(vm_kib "$PID" VmHWM)
@@ -353,6 +376,7 @@ gc_under_load real || fail "berth gc failed"
 W_REAL=$(($(warnings) - W0))
 REAL_WALL=$GC_WALL
 HWM_GC=$(vm_kib "$PID" VmHWM)
+FOREIGN_GC=$(foreign_cpu)
 FILES_AFTER=$(blob_files)
 DB_AFTER=$(file_size "$DATA/berth.db")
 
@@ -365,6 +389,7 @@ W_AFTER=$(($(warnings) - W0))
 # ---------------------------------------------------------------------------------------------
 # 4. checks
 # ---------------------------------------------------------------------------------------------
+FOREIGN_END=$(foreign_cpu)
 log "checking ..."
 status() { curl -s -o /dev/null --max-time 30 -w '%{http_code}' -H "Accept: $MT_MANIFEST" "$BASE$1" || echo 000; }
 # every k-th line of a kind, SAMPLE of them
@@ -445,6 +470,8 @@ push_cell() { # NAME
     echo "berth gc benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty)"
     echo "host: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "berth: $BERTH_SRC"
+    echo "other processes on the host (cores busy, 1 s samples; nonzero means noisy numbers):"
+    echo "      before seeding $FOREIGN_SEED; before baseline $FOREIGN_BASE; after gc $FOREIGN_GC; after the last load $FOREIGN_END"
     echo "seed: $N_BLOBS blobs ($(awk -v b="${SEED_BYTES:-0}" 'BEGIN { printf "%.0f MiB", b / 1048576 }')) in 8 repositories, $N_MANIFESTS manifests (half tagged), all 2 days old"
     echo "      seeding: $SEED_TOOK; wall ${SEED_WALL}s"
     echo "load: wrk -t$WRK_THREADS -c$WRK_CONNS over $N_LOAD_PATHS paths (manifest GET by tag, blob GET; all must stay 200);"

@@ -21,25 +21,76 @@ use berth_registry::Registry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    route: &'static str,
     method: String,
     status: u16,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+    method: String,
+}
+
+/// Which endpoint a path is, for metric labels (a bounded set, never the raw path).
+fn route_of(path: &str) -> &'static str {
+    match path.strip_prefix("/v2") {
+        Some("" | "/") => "base",
+        Some(rest) => match berth_oci::Route::parse(rest.trim_start_matches('/')) {
+            Ok(r) => r.kind(),
+            Err(_) => "invalid",
+        },
+        None if path.starts_with("/admin/") => "admin",
+        None => match path {
+            "/healthz" | "/readyz" => "health",
+            "/metrics" => "metrics",
+            _ => "other",
+        },
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+#[derive(Clone)]
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    bytes: Family<RouteLabels, Counter>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            bytes: Family::default(),
+        }
+    }
 }
 
 impl HttpMetrics {
     pub fn register(&self, r: &mut PromRegistry) {
         r.register(
             "berth_http_requests",
-            "HTTP requests answered, by method and status",
+            "HTTP requests answered, by route, method and status",
             self.requests.clone(),
+        );
+        r.register(
+            "berth_http_request_duration_seconds",
+            "Time to the response head, by route and method",
+            self.latency.clone(),
+        );
+        r.register(
+            "berth_http_response_bytes",
+            "Response body bytes announced (Content-Length), by route and method",
+            self.bytes.clone(),
         );
     }
 }
@@ -94,10 +145,20 @@ async fn access_log(State(app): State<App>, req: Request, next: Next) -> Respons
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     tracing::info!(target: "berth::access", %method, path, status, bytes, micros = start.elapsed().as_micros() as u64);
+    let route = route_of(&path);
+    let labels = RouteLabels {
+        route,
+        method: method.as_str().to_owned(),
+    };
+    app.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    if let Some(n) = bytes.filter(|_| method != axum::http::Method::HEAD) {
+        app.metrics.bytes.get_or_create(&labels).inc_by(n);
+    }
     app.metrics
         .requests
         .get_or_create(&RequestLabels {
-            method: method.as_str().to_owned(),
+            route,
+            method: labels.method,
             status,
         })
         .inc();
@@ -115,6 +176,9 @@ async fn readyz(State(app): State<App>) -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
+    if let Err(e) = app.registry.refresh_gauges().await {
+        tracing::warn!(error = %e, "could not refresh the storage gauges");
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &app.prometheus) {
         return (

@@ -55,6 +55,19 @@ pub enum RouteError {
 }
 
 impl Route {
+    /// The endpoint's name, for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::TagsList(_) => "tags",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) | Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+        }
+    }
+
     /// The repository the route addresses, if any.
     pub fn name(&self) -> Option<&RepoName> {
         match self {

@@ -149,6 +149,31 @@ impl Registry {
         &self.metrics
     }
 
+    /// Refreshes the storage gauges (called before /metrics is rendered).
+    pub async fn refresh_gauges(&self) -> Result<()> {
+        use metrics::KindLabel;
+        let st = self.meta.storage_stats().await?;
+        let m = &self.metrics;
+        for (repository, blobs, bytes, manifests) in [
+            ("hosted", st.hosted_blobs, st.hosted_bytes, st.hosted_manifests),
+            ("cached", st.cached_blobs, st.cached_bytes, st.cached_manifests),
+        ] {
+            let l = KindLabel { repository };
+            m.storage_blobs.get_or_create(&l).set(blobs as i64);
+            m.storage_bytes.get_or_create(&l).set(bytes as i64);
+            m.manifests.get_or_create(&l).set(manifests as i64);
+        }
+        m.uploads_in_progress.set(st.uploads as i64);
+        Ok(())
+    }
+
+    /// Records a completed lifecycle run.
+    pub(crate) fn record_run(&self, job: &'static str, took: std::time::Duration) {
+        let l = metrics::JobLabel { job };
+        self.metrics.lifecycle_duration.get_or_create(&l).set(took.as_secs_f64());
+        self.metrics.lifecycle_last_success.get_or_create(&l).set(self.clock.now());
+    }
+
     /// Readiness: the metadata store answers and the blob store takes writes.
     pub async fn ready(&self) -> Result<()> {
         self.meta.ping().await?;

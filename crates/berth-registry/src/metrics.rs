@@ -40,8 +40,28 @@ pub struct ProblemKind {
     pub repository: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `hosted` or `cached`.
+    pub repository: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabel {
+    /// `gc`, `retention`, `evict`, `scrub`.
+    pub job: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct RegistryMetrics {
+    pub storage_bytes: Family<KindLabel, Gauge>,
+    pub storage_blobs: Family<KindLabel, Gauge>,
+    pub manifests: Family<KindLabel, Gauge>,
+    pub uploads_in_progress: Gauge,
+    /// `cache.max_bytes` (0: unlimited), so alerts can compare usage against it.
+    pub cache_max_bytes: Gauge,
+    pub lifecycle_duration: Family<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub lifecycle_last_success: Family<JobLabel, Gauge>,
     pub scrub_runs: Counter,
     pub scrub_bytes: Counter,
     pub scrub_last_success: Gauge,
@@ -152,6 +172,29 @@ impl RegistryMetrics {
             "berth_cache_evicted_images",
             "Cached images (tags) evicted",
             self.evicted_images.clone(),
+        );
+        r.register(
+            "berth_storage_bytes",
+            "Bytes of blobs held, by repository kind (a blob in both kinds counts in both)",
+            self.storage_bytes.clone(),
+        );
+        r.register("berth_storage_blobs", "Blobs held, by repository kind", self.storage_blobs.clone());
+        r.register("berth_manifests", "Manifests held, by repository kind", self.manifests.clone());
+        r.register("berth_uploads_in_progress", "Upload sessions open", self.uploads_in_progress.clone());
+        r.register(
+            "berth_cache_max_bytes",
+            "The configured cache.max_bytes (0: unlimited)",
+            self.cache_max_bytes.clone(),
+        );
+        r.register(
+            "berth_lifecycle_last_duration_seconds",
+            "Duration of the last completed run, by job",
+            self.lifecycle_duration.clone(),
+        );
+        r.register(
+            "berth_lifecycle_last_success_timestamp_seconds",
+            "Unix time of the last completed run, by job (gc, retention, evict, scrub)",
+            self.lifecycle_last_success.clone(),
         );
         r.register("berth_scrub_runs", "Scrubs completed", self.scrub_runs.clone());
         r.register(

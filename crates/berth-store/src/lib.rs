@@ -15,7 +15,7 @@ pub mod sqlite;
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
     BlobMeta, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore,
-    NewManifest, PutManifest, RefRow, Referrer, Removal, TagInfo, UploadMeta, UploadRow, Usage,
+    NewManifest, PutManifest, RefRow, Referrer, Removal, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -242,6 +242,20 @@ pub trait IntegrityMeta: Send + Sync {
     async fn usages(&self, digest: &Digest) -> Result<Vec<Usage>>;
     /// Forgets a blob whose bytes are gone or damaged: its row and every link to it.
     async fn drop_blob(&self, digest: &Digest) -> Result<()>;
+    /// What is stored, by repository kind.
+    async fn storage_stats(&self) -> Result<StorageStats>;
+}
+
+/// Stored objects by repository kind (a blob in both kinds counts in both).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    pub hosted_blobs: u64,
+    pub hosted_bytes: u64,
+    pub cached_blobs: u64,
+    pub cached_bytes: u64,
+    pub hosted_manifests: u64,
+    pub cached_manifests: u64,
+    pub uploads: u64,
 }
 
 #[async_trait]

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::meta::*;
-use crate::{Deletion, TagInfo};
+use crate::{Deletion, StorageStats, TagInfo};
 use crate::{Result, StoreError};
 
 const SCHEMA: &[&str] = &[
@@ -810,6 +810,35 @@ impl IntegrityMeta for SqliteMeta {
                 })
             })
             .collect()
+    }
+
+    async fn storage_stats(&self) -> Result<StorageStats> {
+        let mut st = StorageStats::default();
+        for kind in ["hosted", "cached"] {
+            let row = sqlx::query(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE digest IN
+                 (SELECT l.digest FROM repo_blobs l JOIN repositories k ON k.name = l.repo WHERE k.kind = ?)",
+            )
+            .bind(kind)
+            .fetch_one(&self.pool)
+            .await?;
+            let manifests: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM manifests m JOIN repositories k ON k.name = m.repo WHERE k.kind = ?",
+            )
+            .bind(kind)
+            .fetch_one(&self.pool)
+            .await?;
+            let (blobs, bytes) = (row.get::<i64, _>(0) as u64, row.get::<i64, _>(1) as u64);
+            if kind == "hosted" {
+                (st.hosted_blobs, st.hosted_bytes, st.hosted_manifests) = (blobs, bytes, manifests as u64);
+            } else {
+                (st.cached_blobs, st.cached_bytes, st.cached_manifests) = (blobs, bytes, manifests as u64);
+            }
+        }
+        st.uploads = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM uploads")
+            .fetch_one(&self.pool)
+            .await? as u64;
+        Ok(st)
     }
 
     async fn drop_blob(&self, digest: &Digest) -> Result<()> {

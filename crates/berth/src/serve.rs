@@ -62,6 +62,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut prometheus = PromRegistry::default();
     let registry_metrics = RegistryMetrics::default();
+    registry_metrics.cache_max_bytes.set(config.cache.max_bytes as i64);
     registry_metrics.register(&mut prometheus);
     let http_metrics = HttpMetrics::default();
     http_metrics.register(&mut prometheus);

@@ -24,7 +24,7 @@ fn base_health_ready_and_metrics() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     let m = get(&format!("{b}/metrics")).text();
     assert!(
-        m.contains("berth_http_requests_total{method=\"GET\",status=\"200\"}"),
+        m.contains("berth_http_requests_total{route=\"base\",method=\"GET\",status=\"200\"}"),
         "{m}"
     );
 }

@@ -219,6 +219,7 @@ impl Registry {
         }
 
         report.took = started.elapsed();
+        self.record_run("scrub", report.took);
         self.record_scrub(&report, opts.repair);
         tracing::info!(
             blobs = report.blobs_checked,

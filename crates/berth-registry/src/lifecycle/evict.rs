@@ -119,6 +119,9 @@ impl Registry {
             freed = gc.bytes_freed,
             "cache eviction"
         );
+        if !dry_run {
+            self.record_run("evict", gc.took);
+        }
         Ok(EvictionOutcome {
             images: chosen,
             cached_bytes_before: before,

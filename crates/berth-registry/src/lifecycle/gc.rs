@@ -36,7 +36,11 @@ impl Registry {
     /// period), then the links and blobs nothing live uses. One lifecycle run at a time.
     pub async fn collect_garbage(&self, grace: Grace, dry_run: bool) -> Result<GcOutcome> {
         let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
-        self.collect(&[], grace, dry_run).await
+        let out = self.collect(&[], grace, dry_run).await?;
+        if !dry_run {
+            self.record_run("gc", out.took);
+        }
+        Ok(out)
     }
 
     /// Applies `first` (deletions decided by a rule), then collects, in one transaction;

@@ -139,6 +139,9 @@ impl Registry {
             manifests = gc.report.manifests.len(),
             "retention"
         );
+        if !dry_run {
+            self.record_run("retention", gc.took);
+        }
         Ok(RetentionOutcome { tags, gc })
     }
 }
