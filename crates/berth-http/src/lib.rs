@@ -55,7 +55,9 @@ fn route_of(path: &str) -> &'static str {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 #[derive(Clone)]
@@ -150,7 +152,10 @@ async fn access_log(State(app): State<App>, req: Request, next: Next) -> Respons
         route,
         method: method.as_str().to_owned(),
     };
-    app.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    app.metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
     if let Some(n) = bytes.filter(|_| method != axum::http::Method::HEAD) {
         app.metrics.bytes.get_or_create(&labels).inc_by(n);
     }

@@ -264,6 +264,12 @@ async fn put_manifest(app: &App, name: &RepoName, r: &Reference, req: Request) -
         .registry
         .put_manifest(name, r, content_type.as_deref(), &body)
         .await?;
+    let tag = match r {
+        Reference::Tag(t) => Some(t.to_string()),
+        Reference::Digest(_) => None,
+    };
+    app.registry
+        .verify_after_push(name.clone(), pushed.digest.clone(), tag);
     let mut resp = empty(StatusCode::CREATED);
     let digest = pushed.digest.to_string();
     set(&mut resp, header::LOCATION, &path::manifest(name, &digest));

@@ -77,6 +77,8 @@ pub struct Registry {
     pulls_pending: Arc<Mutex<HashSet<(RepoName, Digest)>>>,
     /// Hash every whole-blob read while it streams (storage.verify_on_read).
     verify_on_read: bool,
+    /// Walk every pushed image like a pull right after the push.
+    verify_after_push: bool,
 }
 
 impl Registry {
@@ -101,7 +103,14 @@ impl Registry {
             lifecycle: tokio::sync::Mutex::new(()),
             pulls_pending: Arc::default(),
             verify_on_read: true,
+            verify_after_push: true,
         }
+    }
+
+    /// Whether pushed images are walked like a pull right after the push (on by default).
+    pub fn with_verify_after_push(mut self, on: bool) -> Registry {
+        self.verify_after_push = on;
+        self
     }
 
     /// Whether whole-blob reads are hashed as they stream (on by default).
@@ -170,8 +179,14 @@ impl Registry {
     /// Records a completed lifecycle run.
     pub(crate) fn record_run(&self, job: &'static str, took: std::time::Duration) {
         let l = metrics::JobLabel { job };
-        self.metrics.lifecycle_duration.get_or_create(&l).set(took.as_secs_f64());
-        self.metrics.lifecycle_last_success.get_or_create(&l).set(self.clock.now());
+        self.metrics
+            .lifecycle_duration
+            .get_or_create(&l)
+            .set(took.as_secs_f64());
+        self.metrics
+            .lifecycle_last_success
+            .get_or_create(&l)
+            .set(self.clock.now());
     }
 
     /// Readiness: the metadata store answers and the blob store takes writes.

@@ -52,8 +52,15 @@ pub struct JobLabel {
     pub job: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct RegistryMetrics {
+    /// Pushed images walked after the push, by result (`ok`, `failed`, `error`).
+    pub push_verifications: Family<ResultLabel, Counter>,
     pub storage_bytes: Family<KindLabel, Gauge>,
     pub storage_blobs: Family<KindLabel, Gauge>,
     pub manifests: Family<KindLabel, Gauge>,
@@ -178,9 +185,21 @@ impl RegistryMetrics {
             "Bytes of blobs held, by repository kind (a blob in both kinds counts in both)",
             self.storage_bytes.clone(),
         );
-        r.register("berth_storage_blobs", "Blobs held, by repository kind", self.storage_blobs.clone());
-        r.register("berth_manifests", "Manifests held, by repository kind", self.manifests.clone());
-        r.register("berth_uploads_in_progress", "Upload sessions open", self.uploads_in_progress.clone());
+        r.register(
+            "berth_storage_blobs",
+            "Blobs held, by repository kind",
+            self.storage_blobs.clone(),
+        );
+        r.register(
+            "berth_manifests",
+            "Manifests held, by repository kind",
+            self.manifests.clone(),
+        );
+        r.register(
+            "berth_uploads_in_progress",
+            "Upload sessions open",
+            self.uploads_in_progress.clone(),
+        );
         r.register(
             "berth_cache_max_bytes",
             "The configured cache.max_bytes (0: unlimited)",
@@ -195,6 +214,11 @@ impl RegistryMetrics {
             "berth_lifecycle_last_success_timestamp_seconds",
             "Unix time of the last completed run, by job (gc, retention, evict, scrub)",
             self.lifecycle_last_success.clone(),
+        );
+        r.register(
+            "berth_push_verifications",
+            "Pushed images walked like a pull right after the push, by result",
+            self.push_verifications.clone(),
         );
         r.register("berth_scrub_runs", "Scrubs completed", self.scrub_runs.clone());
         r.register(

@@ -148,6 +148,7 @@ pub struct Scrub {
     #[serde(deserialize_with = "schedule")]
     pub schedule: Schedule,
     pub max_bytes_per_sec: u64,
+    pub verify_after_push: bool,
 }
 
 impl Default for Scrub {
@@ -155,6 +156,7 @@ impl Default for Scrub {
         Scrub {
             schedule: Schedule::DailyAt(4, 0),
             max_bytes_per_sec: 0,
+            verify_after_push: true,
         }
     }
 }

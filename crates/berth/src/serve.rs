@@ -62,7 +62,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut prometheus = PromRegistry::default();
     let registry_metrics = RegistryMetrics::default();
-    registry_metrics.cache_max_bytes.set(config.cache.max_bytes as i64);
+    registry_metrics
+        .cache_max_bytes
+        .set(config.cache.max_bytes as i64);
     registry_metrics.register(&mut prometheus);
     let http_metrics = HttpMetrics::default();
     http_metrics.register(&mut prometheus);
@@ -78,7 +80,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             registry_metrics,
         )
         .with_upstreams(cache_sources(&config)?)
-        .with_verify_on_read(config.storage.verify_on_read),
+        .with_verify_on_read(config.storage.verify_on_read)
+        .with_verify_after_push(config.scrub.verify_after_push),
     );
     let lifecycle = berth_http::admin::LifecycleDefaults {
         grace: config.gc.grace(),

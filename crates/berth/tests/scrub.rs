@@ -224,3 +224,29 @@ fn corrupt_bytes_are_never_served_as_a_complete_success() {
     push_blob(&b, "v/app", &data);
     assert_eq!(get(&format!("{b}/v2/v/app/blobs/{d}")).body, data);
 }
+
+#[test]
+fn every_push_is_walked_like_a_pull() {
+    let s = TestServer::start(BIN, "[scrub]\nschedule = \"off\"\n");
+    let b = s.url("");
+    push_image(&b, "w/app", "good", 1, 2);
+    // A layer whose bytes vanish between its upload and the manifest push.
+    let config = br#"{"w":1}"#;
+    let c = push_blob(&b, "w/app", config);
+    let layer = bytes(7, 5000);
+    let l = push_blob(&b, "w/app", &layer);
+    std::fs::remove_file(blob_file(&s.data_dir(), &l)).unwrap();
+    let m = image_manifest(&(c, config.len()), &[(l, layer.len())], "");
+    assert_eq!(put_manifest(&b, "w/app", "bad", OCI_MANIFEST, &m).status, 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = get(&format!("{b}/metrics")).text();
+        if metrics.contains("berth_push_verifications_total{result=\"ok\"} 1")
+            && metrics.contains("berth_push_verifications_total{result=\"failed\"} 1")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -3,5 +3,6 @@
 //! quarantine what cannot be trusted, report hosted damage loudly).
 
 mod scrub;
+mod verify;
 
 pub use scrub::{Problem, ScrubOptions, ScrubReport};
