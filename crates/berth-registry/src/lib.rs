@@ -139,9 +139,12 @@ impl Registry {
         });
     }
 
+    fn bytes_stripe(&self, digest: &Digest) -> usize {
+        u8::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) as usize % self.bytes_locks.len()
+    }
+
     fn bytes_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
-        let stripe = u8::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) as usize;
-        &self.bytes_locks[stripe % self.bytes_locks.len()]
+        &self.bytes_locks[self.bytes_stripe(digest)]
     }
 
     /// Serves these upstreams as pull-through caches.

@@ -79,6 +79,13 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn quarantine(&self, digest: &Digest) -> Result<bool>;
     /// Deletes a blob's bytes (missing is fine).
     async fn delete(&self, digest: &Digest) -> Result<()>;
+    /// Deletes many blobs' bytes (missing is fine).
+    async fn delete_many(&self, digests: &[Digest]) -> Result<()> {
+        for d in digests {
+            self.delete(d).await?;
+        }
+        Ok(())
+    }
     /// Proves the store can take writes now (for readiness).
     async fn check_writable(&self) -> Result<()>;
 }

@@ -430,6 +430,21 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn delete_many(&self, digests: &[Digest]) -> Result<()> {
+        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        blocking(move || {
+            for p in paths {
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn quarantine(&self, digest: &Digest) -> Result<bool> {
         let from = self.blob_path(digest);
         let dir = self.root.join("quarantine");

@@ -203,8 +203,9 @@ pub trait LifecycleMeta: Send + Sync {
     async fn touch_pulled(&self, repo: &RepoName, digest: &Digest, now: i64) -> Result<()>;
     /// Bytes of blobs linked into cached repositories.
     async fn cached_bytes(&self) -> Result<u64>;
-    /// Whether a blob row exists (checked under the bytes lock before bytes are deleted).
-    async fn blob_recorded(&self, digest: &Digest) -> Result<bool>;
+    /// Which of `digests` have a blob row (checked under the bytes lock before bytes are
+    /// deleted, in case an upload recorded one again).
+    async fn recorded_among(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
 }
 
 /// One reference of a stored manifest, for integrity checks.

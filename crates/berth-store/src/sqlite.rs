@@ -48,7 +48,10 @@ const SCHEMA: &[&str] = &[
 ];
 
 pub struct SqliteMeta {
+    /// Reads (read-only connections).
     pool: SqlitePool,
+    /// Writes: one connection, so writers queue here, not on the readers' pool.
+    writer: SqlitePool,
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -68,21 +71,29 @@ impl SqliteMeta {
             .foreign_keys(false)
             // 1 MiB of page cache per connection instead of 2: metadata is small and hot.
             .pragma("cache_size", "-1024");
+        // SQLite has one writer at a time. Writes queue on a pool of their own, so a long
+        // write (a garbage collection) never takes the connections reads need: in WAL
+        // mode reads go on while it runs.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(120))
+            .connect_with(opts.clone())
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&writer).await?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(6)
             .min_connections(1)
-            .connect_with(opts)
+            .connect_with(opts.read_only(true))
             .await?;
-        for stmt in SCHEMA {
-            sqlx::query(*stmt).execute(&pool).await?;
-        }
-        Ok(SqliteMeta { pool })
+        Ok(SqliteMeta { pool, writer })
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         // IMMEDIATE takes the write lock up front, so a read-then-write transaction never
         // fails half way on a lock upgrade.
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
@@ -347,7 +358,7 @@ impl ManifestMeta for SqliteMeta {
         let r = sqlx::query("DELETE FROM tags WHERE repo = ? AND name = ?")
             .bind(repo.as_str())
             .bind(tag.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -357,7 +368,7 @@ impl ManifestMeta for SqliteMeta {
             .bind(now)
             .bind(repo.as_str())
             .bind(tag.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -370,7 +381,7 @@ impl ManifestMeta for SqliteMeta {
         .bind(repo.as_str())
         .bind(upstream)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -468,7 +479,7 @@ impl UploadMeta for SqliteMeta {
             .bind(repo.as_str())
             .bind(now)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -498,7 +509,7 @@ impl UploadMeta for SqliteMeta {
             .bind(size as i64)
             .bind(now)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -506,7 +517,7 @@ impl UploadMeta for SqliteMeta {
     async fn delete_upload(&self, id: &UploadId) -> Result<bool> {
         let r = sqlx::query("DELETE FROM uploads WHERE id = ?")
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -697,7 +708,7 @@ impl LifecycleMeta for SqliteMeta {
             .bind(now)
             .bind(repo.as_str())
             .bind(digest.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -707,8 +718,14 @@ impl LifecycleMeta for SqliteMeta {
         Ok(n.unwrap_or(0) as u64)
     }
 
-    async fn blob_recorded(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.blob_size(digest).await?.is_some())
+    async fn recorded_among(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let list = serde_json::to_string(digests).expect("digests serialize");
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT digest FROM blobs WHERE digest IN (SELECT value FROM json_each(?))")
+                .bind(list)
+                .fetch_all(&self.writer)
+                .await?;
+        rows.iter().map(|d| parse_digest(d)).collect()
     }
 }
 
@@ -729,7 +746,7 @@ impl IntegrityMeta for SqliteMeta {
         sqlx::query("UPDATE blobs SET verified_at = ? WHERE digest = ?")
             .bind(now)
             .bind(digest.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -58,17 +58,26 @@ impl Registry {
             )
             .await?;
         let mut bytes_freed = 0;
-        for (digest, size) in &report.blobs {
-            if dry_run {
-                bytes_freed += size;
-                continue;
+        if dry_run {
+            bytes_freed = report.blobs.iter().map(|(_, size)| size).sum();
+        } else {
+            // In batches: take the bytes locks the batch needs (in stripe order), drop
+            // whatever an upload recorded again since the sweep, delete the rest.
+            for batch in report.blobs.chunks(1000) {
+                let mut stripes: Vec<usize> = batch.iter().map(|(d, _)| self.bytes_stripe(d)).collect();
+                stripes.sort_unstable();
+                stripes.dedup();
+                let mut guards = Vec::with_capacity(stripes.len());
+                for i in stripes {
+                    guards.push(self.bytes_locks[i].lock().await);
+                }
+                let digests: Vec<_> = batch.iter().map(|(d, _)| d.clone()).collect();
+                let again = self.meta.recorded_among(&digests).await?;
+                let doomed: Vec<_> = batch.iter().filter(|(d, _)| !again.contains(d)).collect();
+                let paths: Vec<_> = doomed.iter().map(|(d, _)| d.clone()).collect();
+                self.blobs.delete_many(&paths).await?;
+                bytes_freed += doomed.iter().map(|(_, size)| size).sum::<u64>();
             }
-            let _bytes = self.bytes_lock(digest).lock().await;
-            if self.meta.blob_recorded(digest).await? {
-                continue; // uploaded again since the sweep: keep
-            }
-            self.blobs.delete(digest).await?;
-            bytes_freed += size;
         }
         let outcome = GcOutcome {
             dry_run,
