@@ -1,5 +1,5 @@
-//! The client berth uses to talk to remote registries: the pull-through cache, and later
-//! `copy` and `probe`.
+//! The client berth uses to talk to remote registries: the pull-through cache and
+//! `berth probe` (later `copy`).
 //!
 //! ```text
 //! Upstream::new(UpstreamConfig) -> Result<Upstream, UpstreamError>     cheap to clone
@@ -8,6 +8,8 @@
 //!   .head_manifest(&RepoName, &Reference) -> ManifestHead           digest, media type, size
 //!   .get_manifest(&RepoName, &Reference, max_bytes) -> (ManifestHead, Bytes)
 //!   .get_blob(&RepoName, &Digest) -> BlobStream { size, body }      streamed, never buffered
+//!   .head_blob(&RepoName, &Digest) -> u64                           size, without the bytes
+//! BlobStream::next_chunk() -> Option<Result<Bytes, UpstreamError>>
 //! UpstreamError::{is_transient, is_not_found}
 //! ```
 //!
