@@ -67,6 +67,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# anything failing unexpectedly (set -e) says where, and is a setup failure, not a check
+trap 'rc=$?; if ((BASH_SUBSHELL == 0)); then err "unexpected failure (exit $rc) at line $LINENO: $BASH_COMMAND"; exit 2; fi' ERR
 
 now() { date +%s.%N; }
 secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
@@ -78,7 +80,7 @@ file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 # processes outside this script's process group, with the busiest names.
 MY_PGRP=$(ps -o pgid= -p $$ | tr -d ' ')
 proc_cpu() { # lines: pid pgrp ticks comm
-    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
         o = index($0, "("); c = match($0, /\) [A-Za-z] /); if (!o || !c) next
         name = substr($0, o + 1, c - o - 1); gsub(/ /, "_", name)
         n = split(substr($0, c + 2), f, " "); print $1, f[3], f[12] + f[13], name }'

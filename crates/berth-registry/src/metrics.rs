@@ -14,6 +14,7 @@ pub struct ProblemLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
+    pub upstream: String,
     /// `manifest` or `blob`.
     pub kind: &'static str,
     /// `hit`, `miss`, `revalidated`, `moved`, `stale` (manifests), `hit`, `miss`,
@@ -24,6 +25,9 @@ pub struct CacheLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub upstream: String,
+    /// The upstream's HTTP status (`503`, `429`, ...) or `timeout`, `connect`, `body`,
+    /// `auth`, `invalid`.
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -96,7 +96,7 @@ fn pulls_through_by_prefix_and_by_ns_and_caches() {
     assert_eq!(get(&format!("{b}/v2/up.test/{REPO}/manifests/{d}")).body, m);
     let metrics = get(&format!("{b}/metrics")).text();
     assert!(
-        metrics.contains("berth_cache_requests_total{kind=\"blob\",result=\"hit\"}"),
+        metrics.contains("berth_cache_requests_total{upstream=\"up.test\",kind=\"blob\",result=\"hit\"}"),
         "{metrics}"
     );
     assert!(
@@ -351,7 +351,7 @@ fn tags_revalidate_after_ttl_and_serve_stale_when_the_upstream_fails() {
     let m = get(&format!("{b}/metrics")).text();
     assert!(m.contains("result=\"stale\""), "{m}");
     assert!(
-        m.contains("berth_upstream_errors_total{upstream=\"up.test\"}"),
+        m.contains("berth_upstream_errors_total{upstream=\"up.test\",status="),
         "{m}"
     );
 }

@@ -145,7 +145,7 @@ impl Registry {
             match self.blob_size(&c.local, digest).await {
                 Err(RegistryError::BlobDamaged(_)) => {} // refetch below: the fill heals it
                 other => {
-                    self.count_cache("blob", "hit");
+                    self.count_cache(c, "blob", "hit");
                     return other;
                 }
             }
@@ -170,7 +170,7 @@ impl Registry {
         if self.link_held(c, digest).await? {
             match self.blob_size(&c.local, digest).await {
                 Ok(_) => {
-                    self.count_cache("blob", "hit");
+                    self.count_cache(c, "blob", "hit");
                     return self.open_blob(&c.local, digest, range).await;
                 }
                 Err(RegistryError::BlobDamaged(_)) => {} // refetch below: the fill heals it
@@ -217,10 +217,10 @@ impl Registry {
             }
         };
         if started {
-            self.count_cache("blob", "miss");
+            self.count_cache(c, "blob", "miss");
             tokio::spawn(self.clone().run_fill(c.clone(), digest.clone(), fill.clone()));
         } else {
-            self.count_cache("blob", "coalesced");
+            self.count_cache(c, "blob", "coalesced");
         }
         let mut state = fill.state.subscribe();
         let st = state

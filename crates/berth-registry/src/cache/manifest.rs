@@ -30,31 +30,31 @@ impl Registry {
         match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.meta.manifest_by_digest(&c.local, d).await? {
-                    self.count_cache("manifest", "hit");
+                    self.count_cache(c, "manifest", "hit");
                     return Ok(fresh(m));
                 }
-                self.count_cache("manifest", "miss");
+                self.count_cache(c, "manifest", "miss");
                 self.fetch_manifest(c, reference, Some(d), None).await.map(fresh)
             }
             Reference::Tag(t) => {
                 let Some(m) = self.meta.manifest_by_tag(&c.local, t).await? else {
-                    self.count_cache("manifest", "miss");
+                    self.count_cache(c, "manifest", "miss");
                     return self.fetch_manifest(c, reference, None, Some(t)).await.map(fresh);
                 };
                 let age = self.clock.now() - m.tag_checked_at.unwrap_or(0);
                 if age < c.source.manifest_ttl.as_secs() as i64 {
-                    self.count_cache("manifest", "hit");
+                    self.count_cache(c, "manifest", "hit");
                     return Ok(fresh(m));
                 }
                 // Older than the TTL: ask the upstream, cheaply, by digest.
                 let checked = match c.source.client.head_manifest(&c.remote, reference).await {
                     Ok(head) if head.digest == m.digest => {
                         self.meta.touch_tag(&c.local, t, self.clock.now()).await?;
-                        self.count_cache("manifest", "revalidated");
+                        self.count_cache(c, "manifest", "revalidated");
                         return Ok(fresh(m));
                     }
                     Ok(head) => {
-                        self.count_cache("manifest", "moved");
+                        self.count_cache(c, "manifest", "moved");
                         let by_digest = Reference::Digest(head.digest.clone());
                         self.fetch_manifest(c, &by_digest, Some(&head.digest), Some(t))
                             .await
@@ -83,7 +83,7 @@ impl Registry {
         let gone = matches!(error, RegistryError::UpstreamNotFound { .. });
         if gone || age < c.source.stale_if_error.as_secs() as i64 {
             tracing::warn!(repo = %c.local, %tag, %error, "serving the cached manifest: the upstream could not confirm it");
-            self.count_cache("manifest", "stale");
+            self.count_cache(c, "manifest", "stale");
             return Ok(Served {
                 manifest,
                 stale: true,
@@ -153,10 +153,21 @@ impl Registry {
                 reference: format!("{}:{reference}", c.remote),
             };
         }
+        let label = match &e {
+            UpstreamError::Status { status, .. } => status.to_string(),
+            UpstreamError::NotFound { .. } => "404".into(),
+            UpstreamError::TooManyRequests { .. } => "429".into(),
+            UpstreamError::Timeout(_) => "timeout".into(),
+            UpstreamError::Connect(_) => "connect".into(),
+            UpstreamError::Body(_) => "body".into(),
+            UpstreamError::Auth(_) => "auth".into(),
+            UpstreamError::Invalid(_) => "invalid".into(),
+        };
         self.metrics
             .upstream_errors
             .get_or_create(&crate::metrics::UpstreamLabel {
                 upstream: upstream.clone(),
+                status: label,
             })
             .inc();
         let status = match &e {
@@ -172,10 +183,14 @@ impl Registry {
         }
     }
 
-    pub(crate) fn count_cache(&self, kind: &'static str, result: &'static str) {
+    pub(crate) fn count_cache(&self, c: &CachedRepo, kind: &'static str, result: &'static str) {
         self.metrics
             .cache
-            .get_or_create(&CacheLabels { kind, result })
+            .get_or_create(&CacheLabels {
+                upstream: c.source.name.clone(),
+                kind,
+                result,
+            })
             .inc();
     }
 }

@@ -219,8 +219,12 @@ impl Registry {
         }
 
         report.took = started.elapsed();
-        self.record_run("scrub", report.took);
-        self.record_scrub(&report, opts.repair);
+        if opts.repositories.is_none() {
+            self.record_run("scrub", report.took);
+        }
+        // A scoped scrub saw only part of the registry: it must not clear what the last
+        // full scrub found elsewhere.
+        self.record_scrub(&report, opts.repair, opts.repositories.is_none());
         tracing::info!(
             blobs = report.blobs_checked,
             bytes = report.bytes_hashed,
@@ -307,10 +311,17 @@ impl Registry {
         Ok(done.join(", "))
     }
 
-    fn record_scrub(&self, report: &ScrubReport, repair: bool) {
+    fn record_scrub(&self, report: &ScrubReport, repair: bool, full: bool) {
         let m = &self.metrics;
-        m.scrub_runs.inc();
         m.scrub_bytes.inc_by(report.bytes_hashed);
+        if repair {
+            m.integrity_repaired
+                .inc_by(report.problems.iter().filter(|p| p.repaired.is_some()).count() as u64);
+        }
+        if !full {
+            return;
+        }
+        m.scrub_runs.inc();
         m.scrub_last_success.set(self.clock.now());
         for kind in [
             "blob_missing",
@@ -333,10 +344,6 @@ impl Registry {
                     })
                     .set(n as i64);
             }
-        }
-        if repair {
-            m.integrity_repaired
-                .inc_by(report.problems.iter().filter(|p| p.repaired.is_some()).count() as u64);
         }
     }
 }
