@@ -502,13 +502,13 @@ mod tests {
         for (i, l) in lines.iter().enumerate() {
             if l.starts_with('[') {
                 table = l.trim_matches(['[', ']']);
-            } else if let Some((key, _)) = l.split_once(" = ").filter(|_| !l.starts_with('#')) {
-                if seen.insert(format!("{table}.{key}")) {
-                    assert!(
-                        i > 0 && lines[i - 1].starts_with('#'),
-                        "key without a comment: {l}"
-                    );
-                }
+            } else if let Some((key, _)) = l.split_once(" = ").filter(|_| !l.starts_with('#'))
+                && seen.insert(format!("{table}.{key}"))
+            {
+                assert!(
+                    i > 0 && lines[i - 1].starts_with('#'),
+                    "key without a comment: {l}"
+                );
             }
         }
     }

@@ -15,6 +15,9 @@ use berth_testkit::clients::Skopeo;
 use berth_testkit::images::{Flavor, ImageSet};
 use support::*;
 
+/// (repository, tag, manifest bytes) of a committed push.
+type Pushed = (String, String, Vec<u8>);
+
 fn berth_gc(s: &TestServer, extra: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(["gc", "--server", &s.url("")])
@@ -204,7 +207,7 @@ fn gc_keeps_what_tags_reach_and_removes_exactly_the_rest() {
 fn gc_in_a_loop_while_clients_push_and_pull() {
     let s = TestServer::start(BIN, "[gc]\nschedule = \"off\"\n");
     let b = s.url("");
-    let tags: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+    let tags: Arc<Mutex<Vec<Pushed>>> = Arc::default();
     for i in 0..3u8 {
         let (_, m) = push_image(&b, "busy/base", &format!("t{i}"), 60 + i, 2);
         tags.lock()

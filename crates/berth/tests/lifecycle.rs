@@ -141,8 +141,7 @@ fn eviction_removes_least_recently_pulled_images_and_keeps_shared_blobs() {
     assert!(!real.contains(":v2") && !real.contains(":v3"), "{real}");
     // The rest still pull, with the upstream gone.
     up.set_down(true);
-    for i in 2..4 {
-        let (m, l, layer) = &images[i];
+    for (i, (m, l, layer)) in images.iter().enumerate().skip(2) {
         assert_eq!(get(&format!("{b}/v2/up.test/lib/app/manifests/v{i}")).body, *m);
         assert_eq!(get(&format!("{b}/v2/up.test/lib/app/blobs/{l}")).body, *layer);
     }

@@ -203,12 +203,12 @@ fn corrupt_bytes_are_never_served_as_a_complete_success() {
     let mut rotten = data.clone();
     rotten[(3 << 20) - 10] ^= 1;
     std::fs::write(&f, &rotten).unwrap();
-    match try_req("GET", &format!("{b}/v2/v/app/blobs/{d}"), &[], None, None) {
-        Ok(r) => assert!(
+    // An aborted response (Err) is fine: the client knows it failed.
+    if let Ok(r) = try_req("GET", &format!("{b}/v2/v/app/blobs/{d}"), &[], None, None) {
+        assert!(
             r.status != 200 || r.body != rotten,
             "rotten bytes served as a success"
-        ),
-        Err(_) => {} // aborted mid-body: the client knows
+        );
     }
     // It was quarantined: the next request answers 404, and a re-push heals it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
