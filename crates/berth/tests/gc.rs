@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,18 +18,7 @@ use support::*;
 type Pushed = (String, String, Vec<u8>);
 
 fn berth_gc(s: &TestServer, extra: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(["gc", "--server", &s.url("")])
-        .args(extra)
-        .output()
-        .expect("run berth gc");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "berth gc failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    lifecycle_cli(s, "gc", extra)
 }
 
 fn files_on_disk(data: &Path) -> BTreeSet<String> {
@@ -46,17 +34,6 @@ fn files_on_disk(data: &Path) -> BTreeSet<String> {
 
 fn image_blobs(set: &ImageSet) -> BTreeSet<String> {
     set.blobs().iter().map(|b| b.digest.clone()).collect()
-}
-
-/// Lines of `berth gc` output naming deleted things, without the verb.
-fn deleted(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| {
-            l.strip_prefix("would delete ")
-                .or_else(|| l.strip_prefix("deleted "))
-        })
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -3,37 +3,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use berth_testkit::TestServer;
 use berth_testkit::fault::FaultUpstream;
 use support::*;
-
-fn berth(s: &TestServer, job: &str, extra: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args([job, "--server", &s.url("")])
-        .args(extra)
-        .output()
-        .expect("run berth");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "berth {job}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-fn deleted(out: &str) -> BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| {
-            l.strip_prefix("would delete ")
-                .or_else(|| l.strip_prefix("deleted "))
-        })
-        .map(str::to_string)
-        .collect()
-}
 
 fn tags(b: &str, repo: &str) -> BTreeSet<String> {
     get(&format!("{b}/v2/{repo}/tags/list")).json()["tags"]
@@ -60,9 +34,9 @@ fn retention_keeps_last_five_and_latest_and_the_dry_run_is_exact() {
     push_image(&b, "other/app", "old", 200, 1);
     assert_eq!(tags(&b, "ci/app").len(), 30);
 
-    let dry = berth(&s, "retention", &["--dry-run"]);
+    let dry = lifecycle_cli(&s, "retention", &["--dry-run"]);
     assert_eq!(tags(&b, "ci/app").len(), 30, "a dry run changes nothing");
-    let real = berth(&s, "retention", &[]);
+    let real = lifecycle_cli(&s, "retention", &[]);
     assert_eq!(
         deleted(&dry),
         deleted(&real),
@@ -131,8 +105,8 @@ fn eviction_removes_least_recently_pulled_images_and_keeps_shared_blobs() {
         assert_eq!(get(&format!("{b}/v2/up.test/lib/app/blobs/{l}")).body, *layer);
         std::thread::sleep(Duration::from_millis(1100));
     }
-    let dry = berth(&s, "evict", &["--dry-run"]);
-    let real = berth(&s, "evict", &[]);
+    let dry = lifecycle_cli(&s, "evict", &["--dry-run"]);
+    let real = lifecycle_cli(&s, "evict", &[]);
     assert_eq!(deleted(&dry), deleted(&real));
     assert!(
         real.contains("tag up.test/lib/app:v0") && real.contains("tag up.test/lib/app:v1"),

@@ -183,3 +183,31 @@ pub fn push_image(base: &str, repo: &str, tag: &str, seed: u8, n: usize) -> (Str
     assert_eq!(r.status, 201, "manifest push: {}", r.text());
     (sha256(&m), m)
 }
+
+/// Runs a lifecycle command (`gc`, `retention`, `evict`) against a test server; asserts
+/// success and returns what it printed.
+pub fn lifecycle_cli(server: &berth_testkit::TestServer, job: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args([job, "--server", &server.url("")])
+        .args(extra)
+        .output()
+        .expect("run berth");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "berth {job}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// What a lifecycle command's output says was (or would be) deleted, without the verb.
+pub fn deleted(out: &str) -> std::collections::BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| {
+            l.strip_prefix("would delete ")
+                .or_else(|| l.strip_prefix("deleted "))
+        })
+        .map(str::to_string)
+        .collect()
+}
