@@ -70,7 +70,10 @@ impl SqliteMeta {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false)
             // 1 MiB of page cache per connection instead of 2: metadata is small and hot.
-            .pragma("cache_size", "-1024");
+            .pragma("cache_size", "-1024")
+            // After a large write (a collection) the WAL is cut back to 64 MiB at the next
+            // checkpoint instead of keeping its peak size forever.
+            .pragma("journal_size_limit", "67108864");
         // SQLite has one writer at a time. Writes queue on a pool of their own, so a long
         // write (a garbage collection) never takes the connections reads need: in WAL
         // mode reads go on while it runs.
