@@ -62,24 +62,32 @@ fn grace(q: &HashMap<String, String>, default: Grace) -> Result<Grace, ApiError>
     })
 }
 
+/// Most entries of each kind listed in an answer; the counts and bytes stay exact. A
+/// collection of 50,000 blobs would otherwise build a response of tens of MiB.
+const LISTED: usize = 10_000;
+
 fn gc_json(out: &GcOutcome) -> Value {
     let manifests: Vec<_> = out
         .report
         .manifests
         .iter()
+        .take(LISTED)
         .map(|(repo, digest, size)| json!({"repository": repo, "digest": digest, "size": size}))
         .collect();
     let blobs: Vec<_> = out
         .report
         .blobs
         .iter()
+        .take(LISTED)
         .map(|(digest, size)| json!({"digest": digest, "size": size}))
         .collect();
     json!({
         "dry_run": out.dry_run,
         "manifests": manifests,
+        "manifests_total": out.report.manifests.len(),
         "links": out.report.links,
         "blobs": blobs,
+        "blobs_total": out.report.blobs.len(),
         "bytes_freed": out.bytes_freed,
         "took_ms": out.took.as_millis() as u64,
     })
@@ -87,6 +95,7 @@ fn gc_json(out: &GcOutcome) -> Value {
 
 fn tags_json(tags: &[(String, String)]) -> Value {
     tags.iter()
+        .take(LISTED)
         .map(|(repo, tag)| json!({"repository": repo, "tag": tag}))
         .collect()
 }
@@ -101,6 +110,7 @@ async fn run(app: &App, what: Run, q: &HashMap<String, String>) -> Result<Value,
             let out = r.apply_retention(&app.lifecycle.rules, grace, dry_run).await?;
             let mut v = gc_json(&out.gc);
             v["tags"] = tags_json(&out.tags);
+            v["tags_total"] = json!(out.tags.len());
             v
         }
         Run::Scrub => {
@@ -142,6 +152,7 @@ async fn run(app: &App, what: Run, q: &HashMap<String, String>) -> Result<Value,
             let out = r.evict(app.lifecycle.eviction, grace, dry_run).await?;
             let mut v = gc_json(&out.gc);
             v["tags"] = tags_json(&out.images);
+            v["tags_total"] = json!(out.images.len());
             v["cached_bytes_before"] = json!(out.cached_bytes_before);
             v
         }

@@ -49,13 +49,24 @@ pub fn run(server: &str, job: &str, dry_run: bool, grace: Option<&str>) -> anyho
             b["size"]
         );
     }
+    let total = |k: &str| {
+        report[format!("{k}_total")]
+            .as_u64()
+            .unwrap_or(list(k).len() as u64)
+    };
+    if ["tags", "manifests", "blobs"]
+        .iter()
+        .any(|k| total(k) > list(k).len() as u64)
+    {
+        println!("(the lists above are the first entries; the counts below are complete)");
+    }
     println!(
         "{}{job}: {} tags, {} manifests, {} repository links, {} blobs; {} bytes {}",
         if dry_run { "dry run of " } else { "" },
-        list("tags").len(),
-        list("manifests").len(),
+        total("tags"),
+        total("manifests"),
         report["links"],
-        list("blobs").len(),
+        total("blobs"),
         report["bytes_freed"],
         if dry_run { "would be freed" } else { "freed" },
     );
