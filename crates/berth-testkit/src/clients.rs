@@ -549,6 +549,49 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The registry an interop test drives: berth, or CNCF distribution when
+/// `BERTH_INTEROP_TARGET=distribution` (to check the tests themselves against the
+/// reference implementation).
+pub enum Target {
+    Berth(crate::TestServer),
+    Distribution(Distribution),
+}
+
+impl Target {
+    /// Starts the target; `berth_bin` is the test's `env!("CARGO_BIN_EXE_berth")`.
+    pub fn start(berth_bin: &str) -> Target {
+        match std::env::var("BERTH_INTEROP_TARGET").as_deref() {
+            Ok("distribution") => Target::Distribution(Distribution::start()),
+            Ok("berth") | Err(_) => Target::Berth(crate::TestServer::start(berth_bin, "")),
+            Ok(other) => panic!("BERTH_INTEROP_TARGET={other}: expected berth or distribution"),
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> &str {
+        match self {
+            Target::Berth(s) => &s.addr,
+            Target::Distribution(d) => &d.addr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    pub fn is_distribution(&self) -> bool {
+        matches!(self, Target::Distribution(_))
+    }
+
+    /// SIGKILL and restart on the same port and data directory.
+    pub fn kill_and_restart(&mut self) {
+        match self {
+            Target::Berth(s) => s.kill_and_restart(),
+            Target::Distribution(d) => d.kill_and_restart(),
+        }
+    }
+}
+
 /// CNCF distribution (`docker-registry serve`) on a free loopback port with a temporary
 /// storage directory and deletes enabled: a reference registry speaking the same API.
 pub struct Distribution {

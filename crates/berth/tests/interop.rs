@@ -12,9 +12,8 @@
 
 use std::path::Path;
 
-use berth_testkit::TestServer;
 use berth_testkit::clients::{
-    Containerd, Distribution, Podman, Skopeo, docker_ref, http, push_image_set_http,
+    Containerd, Distribution, Podman, Skopeo, Target, docker_ref, http, push_image_set_http,
 };
 use berth_testkit::images::{
     self, Flavor, Image, ImageSet, OciLayout, Platform, assert_dir_holds_set, assert_layout_holds_set,
@@ -22,41 +21,15 @@ use berth_testkit::images::{
 };
 use serde_json::Value;
 
-/// The registry under test: berth, or distribution when `BERTH_INTEROP_TARGET=distribution`.
-enum Registry {
-    Berth(TestServer),
-    Distribution(Distribution),
+/// Interop helpers on the registry under test.
+trait Interop {
+    /// `docker://ADDR/REPO:TAG` or `docker://ADDR/REPO@DIGEST`
+    fn docker(&self, repo: &str, reference: &str) -> String;
+    fn get_manifest(&self, repo: &str, reference: &str) -> http::Response;
+    fn get_blob(&self, repo: &str, digest: &str) -> http::Response;
 }
 
-impl Registry {
-    fn start() -> Registry {
-        match std::env::var("BERTH_INTEROP_TARGET").as_deref() {
-            Ok("distribution") => Registry::Distribution(Distribution::start()),
-            Ok("berth") | Err(_) => Registry::Berth(TestServer::start(env!("CARGO_BIN_EXE_berth"), "")),
-            Ok(other) => panic!("BERTH_INTEROP_TARGET={other}: expected berth or distribution"),
-        }
-    }
-
-    /// `127.0.0.1:PORT`
-    fn addr(&self) -> &str {
-        match self {
-            Registry::Berth(s) => &s.addr,
-            Registry::Distribution(d) => &d.addr,
-        }
-    }
-
-    /// SIGKILL and restart on the same port and data directory.
-    fn kill_and_restart(&mut self) {
-        match self {
-            Registry::Berth(s) => s.kill_and_restart(),
-            Registry::Distribution(d) => d.kill_and_restart(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
-    }
-
+impl Interop for Target {
     /// `docker://ADDR/REPO:TAG` or `docker://ADDR/REPO@DIGEST`
     fn docker(&self, repo: &str, reference: &str) -> String {
         docker_ref(self.addr(), repo, reference)
@@ -101,7 +74,7 @@ fn dir_ref(dir: &Path) -> String {
 
 /// The manifest the registry serves for `repo:reference` is `expected` byte for byte, with
 /// the right digest header and content type.
-fn assert_manifest_served(reg: &Registry, repo: &str, reference: &str, expected: &images::Blob) {
+fn assert_manifest_served(reg: &Target, repo: &str, reference: &str, expected: &images::Blob) {
     let r = reg.get_manifest(repo, reference);
     assert_eq!(r.status, 200, "GET manifest {repo}:{reference}:\n{r}");
     assert_eq!(
@@ -122,7 +95,7 @@ fn assert_manifest_served(reg: &Registry, repo: &str, reference: &str, expected:
 }
 
 /// Every config/layer blob of `set` is served from `repo` byte for byte.
-fn assert_blobs_served(reg: &Registry, repo: &str, blobs: &[&images::Blob]) {
+fn assert_blobs_served(reg: &Target, repo: &str, blobs: &[&images::Blob]) {
     for b in blobs {
         let r = reg.get_blob(repo, &b.digest);
         assert_eq!(r.status, 200, "GET blob {repo}@{}:\n{r}", b.digest);
@@ -132,7 +105,7 @@ fn assert_blobs_served(reg: &Registry, repo: &str, blobs: &[&images::Blob]) {
 
 /// skopeo's raw view of every manifest of `set` (index by tag and by digest, each child by
 /// digest) is byte-identical to what was built.
-fn assert_set_via_skopeo(skopeo: &Skopeo, reg: &Registry, repo: &str, tag: &str, set: &ImageSet) {
+fn assert_set_via_skopeo(skopeo: &Skopeo, reg: &Target, repo: &str, tag: &str, set: &ImageSet) {
     let by_tag = skopeo.inspect_raw(&reg.docker(repo, tag));
     assert_eq!(sha256_digest(&by_tag), set.index.digest, "index digest by tag");
     assert_eq!(by_tag, set.index.data, "index bytes by tag");
@@ -151,7 +124,7 @@ fn assert_set_via_skopeo(skopeo: &Skopeo, reg: &Registry, repo: &str, tag: &str,
 #[test]
 fn skopeo_copy_all_oci_index_round_trip_preserves_digests() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let set = ImageSet::multi_platform(Flavor::Oci, "oci-round-trip");
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -176,7 +149,7 @@ fn skopeo_copy_all_oci_index_round_trip_preserves_digests() {
 #[test]
 fn skopeo_copy_all_docker_manifest_list_round_trip_preserves_digests() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let set = ImageSet::multi_platform(Flavor::Docker, "docker-round-trip");
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -221,7 +194,7 @@ fn skopeo_copy_all_docker_manifest_list_round_trip_preserves_digests() {
 #[test]
 fn skopeo_copies_docker_manifest_list_between_distribution_and_berth() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let upstream = Distribution::start();
     let set = ImageSet::multi_platform(Flavor::Docker, "from-upstream");
     push_image_set_http(&upstream.url(""), "library/app", "1.0", &set);
@@ -250,7 +223,7 @@ fn skopeo_copies_docker_manifest_list_between_distribution_and_berth() {
 #[test]
 fn skopeo_pulls_by_tag_and_by_digest() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let set = ImageSet::multi_platform(Flavor::Oci, "pull-by-digest");
     let tmp = tempfile::tempdir().unwrap();
     set.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -333,7 +306,7 @@ fn skopeo_pulls_by_tag_and_by_digest() {
 #[test]
 fn skopeo_list_tags() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "tags", 1);
     img.write_oci_layout(&tmp.path().join("src"), "src");
@@ -354,7 +327,7 @@ fn skopeo_list_tags() {
 
     let mut listed = skopeo.list_tags(&format!("docker://{}/interop/tags", reg.addr()));
     tags.sort_unstable();
-    if matches!(reg, Registry::Distribution(_)) {
+    if reg.is_distribution() {
         // distribution 2.8 lists tags in directory order, not the lexical order the spec
         // requires; berth is held to the spec.
         listed.sort_unstable();
@@ -386,7 +359,7 @@ fn skopeo_list_tags() {
 #[test]
 fn skopeo_delete_removes_manifest_and_tag() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let set = ImageSet::multi_platform(Flavor::Oci, "delete");
     set.write_oci_layout(&tmp.path().join("set"), "v1");
@@ -452,7 +425,7 @@ fn skopeo_delete_removes_manifest_and_tag() {
 }
 
 /// The compressed layers podman pushed decompress to the config's diff_ids.
-fn assert_pushed_layers_match_config(reg: &Registry, repo: &str, manifest: &[u8], config: &[u8]) {
+fn assert_pushed_layers_match_config(reg: &Target, repo: &str, manifest: &[u8], config: &[u8]) {
     let m: Value = serde_json::from_slice(manifest).expect("manifest json");
     let c: Value = serde_json::from_slice(config).expect("config json");
     let layers = m["layers"].as_array().expect("layers");
@@ -481,7 +454,7 @@ fn assert_pushed_layers_match_config(reg: &Registry, repo: &str, manifest: &[u8]
 fn podman_push_and_pull_round_trip() {
     let podman = Podman::new();
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "podman", 2);
     img.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -563,7 +536,7 @@ fn podman_push_and_pull_round_trip() {
 fn podman_pulls_the_right_platform_from_an_index() {
     let podman = Podman::new();
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let set = ImageSet::multi_platform(Flavor::Oci, "podman-multi");
     set.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -606,7 +579,7 @@ fn podman_pulls_the_right_platform_from_an_index() {
 fn podman_manifest_push_all() {
     let podman = Podman::new();
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let set = ImageSet::multi_platform(Flavor::Oci, "podman-manifest");
     set.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -657,7 +630,7 @@ fn podman_manifest_push_all() {
 #[test]
 fn skopeo_copy_within_registry_mounts_layers() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let set = ImageSet::multi_platform(Flavor::Oci, "mount");
     set.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -666,7 +639,7 @@ fn skopeo_copy_within_registry_mounts_layers() {
         &reg.docker("interop/mount-a", "v1"),
     );
 
-    // Registry to the same registry: skopeo asks for cross-repository mounts of the layers
+    // Target to the same registry: skopeo asks for cross-repository mounts of the layers
     // it knows are in interop/mount-a (POST /v2/interop/mount-b/blobs/uploads/?mount=&from=).
     let out = Skopeo::new().with_debug().copy_all(
         &reg.docker("interop/mount-a", "v1"),
@@ -699,7 +672,7 @@ fn skopeo_copy_within_registry_mounts_layers() {
 /// client's upload of the same blob gets "digest invalid / manifest blob unknown".)
 #[test]
 fn skopeo_concurrent_copies_of_shared_blobs() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let set = ImageSet::multi_platform(Flavor::Oci, "concurrent");
     let src = tmp.path().join("src");
@@ -733,7 +706,7 @@ fn skopeo_concurrent_copies_of_shared_blobs() {
 #[test]
 fn skopeo_copies_a_large_layer() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let big = large_layer(Flavor::Oci, "large", 24 << 20);
     let img = Image::from_layers(Flavor::Oci, Platform::linux_amd64(), "large", vec![big]);
@@ -771,7 +744,7 @@ fn skopeo_copies_a_large_layer() {
 #[test]
 fn content_survives_kill_and_restart() {
     let skopeo = Skopeo::new();
-    let mut reg = Registry::start();
+    let mut reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let set = ImageSet::multi_platform(Flavor::Oci, "restart");
     set.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -801,7 +774,7 @@ fn content_survives_kill_and_restart() {
 #[test]
 fn skopeo_sync_repository() {
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let oci = ImageSet::multi_platform(Flavor::Oci, "sync");
     oci.write_oci_layout(&tmp.path().join("oci"), "v1");
@@ -843,7 +816,7 @@ fn skopeo_sync_repository() {
 fn podman_search_lists_catalog_and_tags() {
     let podman = Podman::new();
     let skopeo = Skopeo::new();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "search", 1);
     img.write_oci_layout(&tmp.path().join("src"), "v1");
@@ -892,7 +865,7 @@ fn podman_search_lists_catalog_and_tags() {
 fn containerd_pulls_and_pushes_indexes_and_lists() {
     let skopeo = Skopeo::new();
     let ctrd = Containerd::start();
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let tmp = tempfile::tempdir().unwrap();
     let oci = ImageSet::multi_platform(Flavor::Oci, "containerd");
     oci.write_oci_layout(&tmp.path().join("oci"), "v1");

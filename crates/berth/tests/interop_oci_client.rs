@@ -12,8 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_testkit::TestServer;
-use berth_testkit::clients::{Distribution, http};
+use berth_testkit::clients::{Target, http};
 use berth_testkit::images::{
     self, Blob, Flavor, Image, ImageSet, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Platform,
     docker_style_json, sha256_digest,
@@ -24,31 +23,13 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::{Value, json};
 
-enum Registry {
-    Berth(TestServer),
-    Distribution(Distribution),
+/// Interop helpers on the registry under test.
+trait Interop {
+    fn tag(&self, repo: &str, tag: &str) -> Reference;
+    fn digest(&self, repo: &str, digest: &str) -> Reference;
 }
 
-impl Registry {
-    fn start() -> Registry {
-        match std::env::var("BERTH_INTEROP_TARGET").as_deref() {
-            Ok("distribution") => Registry::Distribution(Distribution::start()),
-            Ok("berth") | Err(_) => Registry::Berth(TestServer::start(env!("CARGO_BIN_EXE_berth"), "")),
-            Ok(other) => panic!("BERTH_INTEROP_TARGET={other}: expected berth or distribution"),
-        }
-    }
-
-    fn addr(&self) -> &str {
-        match self {
-            Registry::Berth(s) => &s.addr,
-            Registry::Distribution(d) => &d.addr,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
-    }
-
+impl Interop for Target {
     fn tag(&self, repo: &str, tag: &str) -> Reference {
         Reference::with_tag(self.addr().to_string(), repo.to_string(), tag.to_string())
     }
@@ -102,7 +83,7 @@ fn layer_set_of(img: &Image) -> Vec<String> {
 }
 
 /// Pushes blobs and the exact manifest bytes of `image` under `tag`.
-async fn push_image_raw(c: &Client, reg: &Registry, repo: &str, tag: &str, image: &Image) {
+async fn push_image_raw(c: &Client, reg: &Target, repo: &str, tag: &str, image: &Image) {
     let r = reg.tag(repo, tag);
     for b in image.blobs() {
         c.push_blob(&r, b.data.clone(), &b.digest)
@@ -116,7 +97,7 @@ async fn push_image_raw(c: &Client, reg: &Registry, repo: &str, tag: &str, image
 
 #[tokio::test]
 async fn oci_client_push_then_pull_image() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let c = client();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "oci-client-push", 2);
     let r = reg.tag("ocic/app", "v1");
@@ -161,7 +142,7 @@ async fn oci_client_push_then_pull_image() {
 
 #[tokio::test]
 async fn oci_client_exact_manifest_bytes_by_tag_and_digest() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let c = client();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "oci-client-raw", 2);
     push_image_raw(&c, &reg, "ocic/raw", "v1", &img).await;
@@ -204,7 +185,7 @@ async fn oci_client_exact_manifest_bytes_by_tag_and_digest() {
 
 #[tokio::test]
 async fn oci_client_chunked_and_monolithic_uploads() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let r = reg.tag("ocic/uploads", "v1");
 
     // Chunked: one PATCH per stream item (three chunks), then the closing PUT.
@@ -264,7 +245,7 @@ async fn oci_client_chunked_and_monolithic_uploads() {
 
 #[tokio::test]
 async fn oci_client_list_tags_with_pagination() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let c = client();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "oci-client-tags", 1);
     let mut tags = vec!["v1.0", "latest", "alpha", "v2.0", "beta-1", "0.9"];
@@ -305,7 +286,7 @@ async fn oci_client_list_tags_with_pagination() {
 
 #[tokio::test]
 async fn oci_client_catalog_lists_repositories() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let c = client();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "oci-client-catalog", 1);
     let mut repos = vec!["ocic/zeta", "ocic/alpha", "other/nested/deep"];
@@ -327,7 +308,7 @@ async fn oci_client_catalog_lists_repositories() {
 
 #[tokio::test]
 async fn oci_client_index_and_platform_resolution() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let set = ImageSet::multi_platform(Flavor::Oci, "oci-client-index");
     let repo = "ocic/multi";
     let c = client();
@@ -404,7 +385,7 @@ async fn oci_client_index_and_platform_resolution() {
 
 #[tokio::test]
 async fn oci_client_mounts_blobs_across_repositories() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let c = client();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "oci-client-mount", 2);
     push_image_raw(&c, &reg, "ocic/source", "v1", &img).await;
@@ -450,7 +431,7 @@ fn artifact(artifact_type: &str, payload: &Blob, subject: &Blob) -> (Blob, Blob)
 
 #[tokio::test]
 async fn oci_client_referrers() {
-    let reg = Registry::start();
+    let reg = Target::start(env!("CARGO_BIN_EXE_berth"));
     let c = client();
     let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "oci-client-referrers", 1);
     let repo = "ocic/referrers";
