@@ -5,6 +5,7 @@
 //! its answer (or its error, through [`error::ApiError`]) to the wire.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 mod v2;
 
@@ -46,6 +47,7 @@ fn route_of(path: &str) -> &'static str {
             Err(_) => "invalid",
         },
         None if path.starts_with("/admin/") => "admin",
+        None if path == auth::TOKEN_PATH => "token",
         None => match path {
             "/healthz" | "/readyz" => "health",
             "/metrics" => "metrics",
@@ -104,6 +106,14 @@ pub struct App {
     /// Everything /metrics shows; registered by the binary at start.
     pub prometheus: Arc<PromRegistry>,
     pub lifecycle: admin::LifecycleDefaults,
+    /// `None` when access control is off.
+    pub access: Option<auth::AccessControl>,
+}
+
+/// How a request reached berth, put in its extensions by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    pub tls: bool,
 }
 
 pub fn router(app: App) -> Router {
@@ -114,6 +124,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(auth::TOKEN_PATH, get(auth::token).post(auth::token))
         .route(
             "/admin/gc",
             axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Gc, r)),

@@ -79,9 +79,26 @@ async fn handle(app: &App, req: Request, namespace: &mut Option<String>) -> Resu
     let route = Route::parse(rest)?;
     let m = req.method().clone();
     let params = Params::of(&req);
+    let caller = crate::auth::caller(app, crate::auth::Facts::of(&req)).await?;
     let located = match route.name() {
         Some(name) => Some(app.registry.locate(name, params.get("ns"))?),
         None => None,
+    };
+    if let Some(c) = &caller {
+        match (&located, crate::auth::needed(&route, &m)) {
+            (Some(loc), Some(need)) => c.check(app, loc, need)?,
+            // `/v2/` is how clients discover that they must sign in.
+            _ if route == Route::Base && c.who.is_anonymous() && c.who.token.is_none() => {
+                return Err(crate::auth::sign_in(app, c, None, "authentication required"));
+            }
+            _ => {}
+        }
+    }
+    let may_mount = |from: Option<&RepoName>| match &caller {
+        None => true,
+        Some(c) => from
+            .and_then(|f| app.registry.locate(f, None).ok())
+            .is_some_and(|l| c.allowed(app, &l).contains(berth_auth::Action::Pull)),
     };
     *namespace = located
         .as_ref()
@@ -92,7 +109,7 @@ async fn handle(app: &App, req: Request, namespace: &mut Option<String>) -> Resu
     use Method as M;
     match (route, &m) {
         (Route::Base, &M::GET | &M::HEAD) => Ok(json_response(StatusCode::OK, &json!({}))),
-        (Route::Catalog, &M::GET) => catalog(app, &params).await,
+        (Route::Catalog, &M::GET) => catalog(app, &params, caller.as_ref()).await,
         (Route::TagsList(_), &M::GET) => tags(app, name(), &params).await,
         (Route::Manifest(_, r), &M::GET) => get_manifest(app, loc(), &r, false).await,
         (Route::Manifest(_, r), &M::HEAD) => get_manifest(app, loc(), &r, true).await,
@@ -107,7 +124,7 @@ async fn handle(app: &App, req: Request, namespace: &mut Option<String>) -> Resu
             app.registry.delete_blob(name(), &d).await?;
             Ok(empty(StatusCode::ACCEPTED))
         }
-        (Route::UploadStart(_), &M::POST) => start_upload(app, hosted(loc())?, &params, req).await,
+        (Route::UploadStart(_), &M::POST) => start_upload(app, hosted(loc())?, &params, req, may_mount).await,
         (Route::Upload(_, id), &M::GET) => {
             let name = hosted(loc())?;
             let size = app.registry.upload_status(name, &id).await?;
@@ -179,12 +196,52 @@ fn next_link(r: &mut Response, base: &str, listing: &Listing, n: Option<u32>) {
     }
 }
 
-async fn catalog(app: &App, params: &Params) -> Result<Response> {
+async fn catalog(app: &App, params: &Params, caller: Option<&crate::auth::Caller>) -> Result<Response> {
     let n = params.n()?;
-    let listing = app.registry.catalog(n, params.get("last")).await?;
+    let listing = match caller {
+        None => app.registry.catalog(n, params.get("last")).await?,
+        Some(c) => visible_catalog(app, c, n, params.get("last")).await?,
+    };
     let mut r = json_response(StatusCode::OK, &json!({"repositories": listing.items}));
     next_link(&mut r, path::CATALOG, &listing, n);
     Ok(r)
+}
+
+/// The catalog as `c` may see it: only repositories it may pull, paged over what is visible.
+async fn visible_catalog(
+    app: &App,
+    c: &crate::auth::Caller,
+    n: Option<u32>,
+    last: Option<&str>,
+) -> Result<Listing> {
+    let want = n.map_or(usize::MAX, |n| n as usize);
+    let mut out = Listing {
+        items: Vec::new(),
+        more: false,
+    };
+    let mut after = last.map(str::to_string);
+    loop {
+        let page = app.registry.catalog(Some(1000), after.as_deref()).await?;
+        for name in page.items {
+            after = Some(name.clone());
+            let visible = name
+                .parse::<RepoName>()
+                .ok()
+                .and_then(|r| app.registry.locate(&r, None).ok())
+                .is_some_and(|l| c.allowed(app, &l).contains(berth_auth::Action::Pull));
+            if !visible {
+                continue;
+            }
+            if out.items.len() == want {
+                out.more = true;
+                return Ok(out);
+            }
+            out.items.push(name);
+        }
+        if !page.more {
+            return Ok(out);
+        }
+    }
 }
 
 async fn tags(app: &App, name: &RepoName, params: &Params) -> Result<Response> {
@@ -392,14 +449,21 @@ fn body_stream(req: Request) -> impl futures_util::Stream<Item = Result<bytes::B
     req.into_body().into_data_stream()
 }
 
-async fn start_upload(app: &App, name: &RepoName, params: &Params, req: Request) -> Result<Response> {
+async fn start_upload(
+    app: &App,
+    name: &RepoName,
+    params: &Params,
+    req: Request,
+    may_mount: impl Fn(Option<&RepoName>) -> bool,
+) -> Result<Response> {
     if let Some(d) = params.digest("mount")? {
         let from = params
             .get("from")
             .map(|f| f.parse::<RepoName>())
             .transpose()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, e.to_string()))?;
-        if app.registry.mount(name, &d, from.as_ref()).await?.is_some() {
+        // Mounting from a repository the caller may not pull would reveal its blobs.
+        if may_mount(from.as_ref()) && app.registry.mount(name, &d, from.as_ref()).await?.is_some() {
             return Ok(blob_created(name, &d));
         }
         // Nothing to mount: the spec says to open an ordinary upload session instead.

@@ -9,10 +9,12 @@ pub mod error;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod pattern;
 pub mod route;
 
 pub use digest::{Algorithm, Digest, DigestHasher};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, ManifestError, ManifestRef, ParsedManifest, RefKind};
 pub use name::{NameError, Reference, RepoName, Tag};
+pub use pattern::Pattern;
 pub use route::{Route, RouteError, UploadId};

@@ -1,6 +1,7 @@
 //! Configuration: an embedded default file with a comment on every key, overridden key by
 //! key by the user's TOML. Unknown keys and bad values are refused with their path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +33,129 @@ pub struct Config {
     pub scrub: Scrub,
     #[serde(default = "default_upstreams", rename = "upstream")]
     pub upstreams: Vec<Upstream>,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default, rename = "access")]
+    pub access: Vec<AccessRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub htpasswd: PathBuf,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub forward_user_header: String,
+    pub forward_groups_header: String,
+    pub trusted_proxies: Vec<String>,
+    pub token_key: PathBuf,
+    #[serde(deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    pub service: String,
+    pub public_url: String,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            htpasswd: PathBuf::new(),
+            groups: BTreeMap::new(),
+            forward_user_header: String::new(),
+            forward_groups_header: String::new(),
+            trusted_proxies: Vec::new(),
+            token_key: PathBuf::new(),
+            token_ttl: Duration::from_secs(300),
+            service: "berth".into(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// One `[[access]]` rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    pub repository: String,
+    #[serde(default = "any_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub anonymous: Vec<String>,
+    #[serde(default)]
+    pub authenticated: Vec<String>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+fn any_kind() -> String {
+    "any".into()
+}
+
+impl AccessRule {
+    pub fn to_rule(&self) -> Result<berth_auth::Rule, String> {
+        use berth_auth::Actions;
+        let map = |m: &BTreeMap<String, Vec<String>>, what: &str| {
+            m.iter()
+                .map(|(k, v)| {
+                    Actions::parse(v)
+                        .map(|a| (k.clone(), a))
+                        .map_err(|e| format!("{what}.{k}: {e}"))
+                })
+                .collect::<Result<BTreeMap<_, _>, String>>()
+        };
+        Ok(berth_auth::Rule {
+            repository: berth_oci::Pattern::parse(&self.repository)
+                .map_err(|e| format!("repository: {e}"))?,
+            kind: berth_auth::KindFilter::parse(&self.kind).map_err(|e| format!("kind: {e}"))?,
+            anonymous: Actions::parse(&self.anonymous).map_err(|e| format!("anonymous: {e}"))?,
+            authenticated: Actions::parse(&self.authenticated).map_err(|e| format!("authenticated: {e}"))?,
+            users: map(&self.users, "users")?,
+            groups: map(&self.groups, "groups")?,
+        })
+    }
+}
+
+impl Config {
+    /// Access control is on when berth has a way to know users, or rules to apply.
+    pub fn auth_enabled(&self) -> bool {
+        !self.auth.htpasswd.as_os_str().is_empty()
+            || !self.auth.forward_user_header.is_empty()
+            || !self.access.is_empty()
+    }
+
+    /// The auth layer's configuration, or `None` when access control is off.
+    pub fn auth_config(&self) -> anyhow::Result<Option<berth_auth::AuthConfig>> {
+        if !self.auth_enabled() {
+            return Ok(None);
+        }
+        let a = &self.auth;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let generate = a.token_key.as_os_str().is_empty();
+        Ok(Some(berth_auth::AuthConfig {
+            htpasswd: (!a.htpasswd.as_os_str().is_empty()).then(|| a.htpasswd.clone()),
+            groups: a.groups.clone(),
+            forward_user_header: nonempty(&a.forward_user_header),
+            forward_groups_header: nonempty(&a.forward_groups_header),
+            trusted_proxies: a
+                .trusted_proxies
+                .iter()
+                .map(|c| berth_auth::Cidr::parse(c).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?,
+            token_key: if generate {
+                self.storage.data_dir.join("auth").join("token-key.pem")
+            } else {
+                a.token_key.clone()
+            },
+            generate_token_key: generate,
+            token_ttl: a.token_ttl,
+            service: a.service.clone(),
+            rules: self
+                .access
+                .iter()
+                .map(|r| r.to_rule().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -244,6 +368,8 @@ impl Default for Config {
             cache: Cache::default(),
             scrub: Scrub::default(),
             upstreams: default_upstreams(),
+            auth: Auth::default(),
+            access: Vec::new(),
         }
     }
 }
@@ -474,6 +600,39 @@ impl Config {
             if let Err(e) = r.to_rule() {
                 bail!("retention.rule[{i}]: {e}");
             }
+        }
+        for (i, r) in self.access.iter().enumerate() {
+            if let Err(e) = r.to_rule() {
+                bail!("access[{i}].{e}");
+            }
+        }
+        for (i, c) in self.auth.trusted_proxies.iter().enumerate() {
+            if let Err(e) = berth_auth::Cidr::parse(c) {
+                bail!("auth.trusted_proxies[{i}]: {e}");
+            }
+        }
+        if !self.auth.forward_user_header.is_empty() && self.auth.trusted_proxies.is_empty() {
+            bail!(
+                "auth.forward_user_header: set auth.trusted_proxies too; the header is believed only from them"
+            );
+        }
+        for (key, h) in [
+            ("auth.forward_user_header", &self.auth.forward_user_header),
+            ("auth.forward_groups_header", &self.auth.forward_groups_header),
+        ] {
+            if !h.is_empty() && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                bail!("{key}: {h:?} is not an HTTP header name");
+            }
+        }
+        if self.auth.token_ttl.is_zero() {
+            bail!("auth.token_ttl: must be longer than zero");
+        }
+        if self.auth.service.is_empty() || self.auth.service.contains('"') {
+            bail!("auth.service: must be non-empty, without quotes");
+        }
+        let url = &self.auth.public_url;
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("auth.public_url: {url:?} must start with http:// or https://");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log) {
             bail!("server.log: {:?} is not a log filter: {e}", self.server.log);

@@ -73,6 +73,12 @@ enum Command {
     /// against any registry and report what is missing or damaged; once, or every
     /// --interval with Prometheus metrics.
     Probe(probe::ProbeArgs),
+    /// Manage an htpasswd file (bcrypt) for `auth.htpasswd`; a running server picks up
+    /// changes within seconds.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Show or check configuration.
     Config {
         #[command(subcommand)]
@@ -106,11 +112,77 @@ impl LifecycleArgs {
 }
 
 #[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user, or set a new password for one. The password is read from the first
+    /// line of standard input (`printf '%s\n' "$PW" | berth users add FILE NAME`).
+    Add {
+        file: PathBuf,
+        name: String,
+        /// bcrypt cost (4 to 31); each step doubles the time to check a password.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+        cost: u32,
+    },
+    /// Remove a user.
+    Remove { file: PathBuf, name: String },
+    /// List the user names.
+    List { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the full default configuration, with a comment on every key.
     Default,
     /// Check a configuration file: unknown keys and bad values are reported with their path.
     Check { file: PathBuf },
+}
+
+fn users(command: UsersCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use berth_auth::Htpasswd;
+    let open = |file: &std::path::Path| match std::fs::metadata(file) {
+        Ok(_) => Htpasswd::load(file).map_err(anyhow::Error::msg),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Htpasswd::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    match command {
+        UsersCommand::Add { file, name, cost } => {
+            let mut users = open(&file)?;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password for {name} (shown as typed): ");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let existed = users.contains(&name);
+            users.set(&name, password, cost).map_err(anyhow::Error::msg)?;
+            users
+                .save(&file)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "{} {name} in {}",
+                if existed { "updated" } else { "added" },
+                file.display()
+            );
+        }
+        UsersCommand::Remove { file, name } => {
+            let mut users = open(&file)?;
+            if !users.remove(&name) {
+                anyhow::bail!("{name:?} is not in {}", file.display());
+            }
+            users
+                .save(&file)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("removed {name} from {}", file.display());
+        }
+        UsersCommand::List { file } => {
+            for name in Htpasswd::load(&file).map_err(anyhow::Error::msg)?.names() {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load(config: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -147,6 +219,7 @@ fn main() -> std::process::ExitCode {
             .map(|files| files.iter().for_each(|f| println!("{}", f.display()))),
         // Its own exit statuses: 1 when a reference is damaged, 2 on usage errors.
         Command::Probe(a) => return probe::run(a),
+        Command::Users { command } => users(command),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

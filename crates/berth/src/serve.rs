@@ -94,11 +94,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         eviction: config.cache.policy(),
         scrub_max_bytes_per_sec: config.scrub.max_bytes_per_sec,
     };
+    let access = match config.auth_config()? {
+        None => None,
+        Some(cfg) => {
+            let auth = Arc::new(berth_auth::Auth::new(cfg).context("access control")?);
+            auth.spawn_reloader(std::time::Duration::from_secs(2));
+            tracing::info!(rules = config.access.len(), "access control on");
+            Some(berth_http::auth::AccessControl {
+                auth,
+                public_url: (!config.auth.public_url.is_empty()).then(|| config.auth.public_url.clone()),
+            })
+        }
+    };
     let app = App {
         registry: registry.clone(),
         metrics: http_metrics,
         prometheus: Arc::new(prometheus),
         lifecycle: lifecycle.clone(),
+        access,
     };
 
     let (areas, rows) = registry

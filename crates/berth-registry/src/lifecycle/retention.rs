@@ -8,51 +8,7 @@ use berth_store::Deletion;
 use super::gc::{GcOutcome, Grace};
 use crate::{Registry, RegistryError, Result};
 
-/// A repository or tag pattern: a glob (`*` any characters but `/`, `**` any characters,
-/// `?` one character) or, written `/.../`, a regular expression.
-#[derive(Clone, Debug)]
-pub struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl Pattern {
-    pub fn parse(s: &str) -> std::result::Result<Pattern, String> {
-        let body = match s.strip_prefix('/').and_then(|r| r.strip_suffix('/')) {
-            Some(re) if !re.is_empty() => re.to_string(),
-            _ => {
-                let mut re = String::from("^");
-                let mut chars = s.chars().peekable();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '*' if chars.peek() == Some(&'*') => {
-                            chars.next();
-                            re.push_str(".*");
-                        }
-                        '*' => re.push_str("[^/]*"),
-                        '?' => re.push_str("[^/]"),
-                        c => re.push_str(&regex::escape(&c.to_string())),
-                    }
-                }
-                re.push('$');
-                re
-            }
-        };
-        let regex = regex::Regex::new(&body).map_err(|e| format!("{s:?} is not a valid pattern: {e}"))?;
-        Ok(Pattern {
-            source: s.to_string(),
-            regex,
-        })
-    }
-
-    pub fn matches(&self, s: &str) -> bool {
-        self.regex.is_match(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-}
+pub use berth_oci::Pattern;
 
 /// One `[[retention.rule]]`. A repository follows the first rule whose pattern matches.
 #[derive(Clone, Debug)]
