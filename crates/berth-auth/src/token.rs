@@ -114,7 +114,7 @@ impl TokenKeys {
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[service]);
         v.validate_nbf = true;
-        v.leeway = 5;
+        v.leeway = 2;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
             .map(|d| d.claims)
