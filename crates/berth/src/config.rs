@@ -631,7 +631,7 @@ impl Config {
             bail!("auth.service: must be non-empty, without quotes");
         }
         let url = &self.auth.public_url;
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             bail!("auth.public_url: {url:?} must start with http:// or https://");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.server.log) {
