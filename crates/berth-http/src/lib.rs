@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod limits;
 mod v2;
 
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub struct App {
     /// Everything /metrics shows; registered by the binary at start.
     pub prometheus: Arc<PromRegistry>,
     pub lifecycle: admin::LifecycleDefaults,
+    /// Request rate, uploads in flight and body watch per client.
+    pub limits: limits::HttpLimits,
 }
 
 pub fn router(app: App) -> Router {
@@ -130,6 +133,8 @@ pub fn router(app: App) -> Router {
             "/admin/scrub",
             axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Scrub, r)),
         )
+        // Inside the access log, so refused requests are logged and counted too.
+        .layer(middleware::from_fn_with_state(app.clone(), limits::enforce))
         .layer(middleware::from_fn_with_state(app.clone(), access_log))
         .with_state(app)
 }
