@@ -302,7 +302,7 @@ pub(crate) async fn enforce(State(app): State<App>, mut req: Request, next: Next
     let method = req.method().clone();
     let mut resp = next.run(req).await;
     if *stalled.lock().unwrap() {
-        tracing::warn!(client = ?client, %method, path, idle = ?idle, status = resp.status().as_u16(),
+        tracing::warn!(client = ?client, %method, path, idle = ?idle,
             "request body sent nothing for limits.body_idle_timeout; cut off");
         *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
         resp.headers_mut()

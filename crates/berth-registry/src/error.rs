@@ -73,7 +73,10 @@ pub enum RegistryError {
         "{limit} blob fills from upstream registries are already running and this one waited {}s for a turn (limits.max_concurrent_fills); try again shortly",
         .waited.as_secs()
     )]
-    FillsBusy { limit: usize, waited: std::time::Duration },
+    FillsBusy {
+        limit: usize,
+        waited: std::time::Duration,
+    },
     #[error(
         "another lifecycle run (garbage collection, retention or eviction) is in progress; try again when it ends"
     )]

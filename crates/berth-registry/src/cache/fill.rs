@@ -303,7 +303,7 @@ impl Registry {
         match turn {
             Ok(Ok(p)) => Ok(Some(p)),
             _ => Err(RegistryError::FillsBusy {
-                    limit: self.limits.max_concurrent_fills,
+                limit: self.limits.max_concurrent_fills,
                 waited,
             }),
         }
