@@ -132,6 +132,12 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(S::BAD_GATEWAY, C::Unavailable, msg)
             }
             E::Busy => ApiError::new(S::CONFLICT, C::Unavailable, msg),
+            E::BlobTooLarge { limit } => {
+                ApiError::new(S::PAYLOAD_TOO_LARGE, C::SizeInvalid, msg).detail(json!({"limit": limit}))
+            }
+            // About as long as this fill waited: turns free up as running fills end.
+            E::FillsBusy { waited, .. } => ApiError::new(S::TOO_MANY_REQUESTS, C::TooManyRequests, msg)
+                .header("retry-after", crate::limits::retry_after(waited)),
             E::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::new(

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod limits;
 mod v2;
 
 use std::sync::Arc;
@@ -108,6 +109,8 @@ pub struct App {
     pub lifecycle: admin::LifecycleDefaults,
     /// `None` when access control is off.
     pub access: Option<auth::AccessControl>,
+    /// Request rate, uploads in flight and body watch per client.
+    pub limits: limits::HttpLimits,
 }
 
 /// How a request reached berth, put in its extensions by the listener.
@@ -141,6 +144,8 @@ pub fn router(app: App) -> Router {
             "/admin/scrub",
             axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Scrub, r)),
         )
+        // Inside the access log, so refused requests are logged and counted too.
+        .layer(middleware::from_fn_with_state(app.clone(), limits::enforce))
         .layer(middleware::from_fn_with_state(app.clone(), access_log))
         .with_state(app)
 }

@@ -446,7 +446,7 @@ fn blob_created(name: &RepoName, d: &Digest) -> Response {
 }
 
 fn body_stream(req: Request) -> impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
-    req.into_body().into_data_stream()
+    crate::limits::body_stream(req)
 }
 
 async fn start_upload(

@@ -66,6 +66,18 @@ pub enum RegistryError {
     #[error("upstream {upstream} sent something invalid: {message}")]
     UpstreamInvalid { upstream: String, message: String },
     #[error(
+        "this upload would grow past {limit} bytes, the largest blob this registry accepts (limits.max_blob_bytes); the upload session was removed"
+    )]
+    BlobTooLarge { limit: u64 },
+    #[error(
+        "{limit} blob fills from upstream registries are already running and this one waited {}s for a turn (limits.max_concurrent_fills); try again shortly",
+        .waited.as_secs()
+    )]
+    FillsBusy {
+        limit: usize,
+        waited: std::time::Duration,
+    },
+    #[error(
         "another lifecycle run (garbage collection, retention or eviction) is in progress; try again when it ends"
     )]
     Busy,

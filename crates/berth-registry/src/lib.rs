@@ -43,12 +43,21 @@ impl Clock for SystemClock {
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_manifest_bytes: u64,
+    /// Largest blob an upload session may grow to (all its chunks); 0 is unlimited.
+    pub max_blob_bytes: u64,
+    /// Blob fills from upstreams running at once, across all upstreams; 0 is unlimited.
+    pub max_concurrent_fills: usize,
+    /// How long a fill waits for a turn before the pull is refused.
+    pub fill_queue_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_manifest_bytes: 4 << 20,
+            max_blob_bytes: 0,
+            max_concurrent_fills: 64,
+            fill_queue_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -68,6 +77,8 @@ pub struct Registry {
     upstreams: Vec<Arc<cache::CacheSource>>,
     /// Blob fills from upstreams in progress, one per digest.
     fills: Mutex<HashMap<Digest, Arc<cache::fill::Fill>>>,
+    /// Turns for upstream fills (`limits.max_concurrent_fills`); `None` when unlimited.
+    fill_permits: Option<tokio::sync::Semaphore>,
     /// Held while blob bytes are moved into place and recorded, or checked and deleted:
     /// striped by digest, so a commit and a collection of one digest never interleave.
     bytes_locks: Vec<tokio::sync::Mutex<()>>,
@@ -89,10 +100,13 @@ impl Registry {
         limits: Limits,
         metrics: RegistryMetrics,
     ) -> Registry {
+        let fill_permits = (limits.max_concurrent_fills > 0)
+            .then(|| tokio::sync::Semaphore::new(limits.max_concurrent_fills));
         Registry {
             blobs,
             meta,
             clock,
+            fill_permits,
             limits,
             metrics,
             hashers: Mutex::new(HashMap::new()),

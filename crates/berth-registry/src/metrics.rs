@@ -33,8 +33,13 @@ pub struct UpstreamLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FillLabels {
     pub upstream: String,
-    /// `ok` or `failed`.
+    /// `ok`, `failed` or `refused` (no turn free within `limits.fill_queue_timeout`).
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamName {
+    pub upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +90,8 @@ pub struct RegistryMetrics {
     pub upstream_errors: Family<UpstreamLabel, Counter>,
     /// Blob fills from upstreams, by outcome.
     pub fills: Family<FillLabels, Counter>,
+    /// Fills waiting for a turn (`limits.max_concurrent_fills`), by upstream.
+    pub fills_waiting: Family<UpstreamName, Gauge>,
     /// Blob reads refused because the bytes were missing or of the wrong size.
     pub blob_read_errors: Family<ProblemLabel, Counter>,
     pub uploads_expired: Counter,
@@ -148,6 +155,11 @@ impl RegistryMetrics {
             "berth_cache_fills",
             "Blob fills from upstreams, by outcome",
             self.fills.clone(),
+        );
+        r.register(
+            "berth_cache_fills_waiting",
+            "Blob fills waiting for a turn (limits.max_concurrent_fills), by upstream",
+            self.fills_waiting.clone(),
         );
         r.register(
             "berth_gc_runs",

@@ -86,6 +86,8 @@ impl Registry {
             .append(&row.id, row.size, hasher)
             .await
             .map_err(|e| area_error(&row.id, e))?;
+        let limit = self.limits.max_blob_bytes;
+        let mut size = row.size;
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
@@ -94,10 +96,32 @@ impl Registry {
                     row.size
                 ))
             })?;
+            // Checked before the bytes are written, so an endless body stops at the limit
+            // instead of filling the disk.
+            size += chunk.len() as u64;
+            if limit > 0 && size > limit {
+                return Err(RegistryError::BlobTooLarge { limit });
+            }
             sink.write(chunk).await.map_err(StoreError::from)?;
         }
         let (size, hasher) = sink.finish().await.map_err(StoreError::from)?;
         Ok((size, hasher))
+    }
+
+    /// [`Registry::append`]; a session that would outgrow `limits.max_blob_bytes` is
+    /// removed, since its size only grows and it could never become an acceptable blob.
+    async fn append_within_limit<S, E>(&self, row: &UploadRow, body: S) -> Result<(u64, DigestHasher)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        match self.append(row, body).await {
+            Err(e @ RegistryError::BlobTooLarge { .. }) => {
+                self.cancel_upload_row(&row.id).await?;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// Appends one chunk (PATCH). `range` is the request's Content-Range, if it sent one.
@@ -127,8 +151,13 @@ impl Registry {
                     "Content-Range {start}-{end} ends before it starts"
                 )));
             }
+            let limit = self.limits.max_blob_bytes;
+            if limit > 0 && end >= limit {
+                self.cancel_upload_row(id).await?;
+                return Err(RegistryError::BlobTooLarge { limit });
+            }
         }
-        let (size, hasher) = self.append(&row, body).await?;
+        let (size, hasher) = self.append_within_limit(&row, body).await?;
         if let Some((start, end)) = range {
             let got = size - row.size;
             if got != end - start + 1 {
@@ -158,7 +187,7 @@ impl Registry {
     {
         let _busy = self.claim(id)?;
         let row = self.upload_row(repo, id).await?;
-        let (size, mut hasher) = self.append(&row, body).await?;
+        let (size, mut hasher) = self.append_within_limit(&row, body).await?;
         if digest.algorithm() != hasher.algorithm() {
             hasher = self
                 .blobs

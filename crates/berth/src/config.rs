@@ -469,6 +469,22 @@ pub struct Storage {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_manifest_bytes: u64,
+    /// Requests per second per client IP to /v2 and /auth; 0 is unlimited.
+    pub requests_per_second: u32,
+    /// Requests above the rate a client may make at once; 0 is twice the rate.
+    pub request_burst: u32,
+    /// Upload requests with a body in flight per client IP; 0 is unlimited.
+    pub max_uploads_per_client: u32,
+    /// Largest blob an upload may create; 0 is unlimited.
+    pub max_blob_bytes: u64,
+    /// A request body that sends nothing this long is cut off; "0s" never cuts.
+    #[serde(deserialize_with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// Upstream blob fills at once, across upstreams; 0 is unlimited.
+    pub max_concurrent_fills: u32,
+    /// How long a fill waits for a turn before the pull gets 429.
+    #[serde(deserialize_with = "duration")]
+    pub fill_queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -503,6 +519,13 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_manifest_bytes: 4 << 20,
+            requests_per_second: 0,
+            request_burst: 0,
+            max_uploads_per_client: 32,
+            max_blob_bytes: 0,
+            body_idle_timeout: Duration::from_secs(60),
+            max_concurrent_fills: 64,
+            fill_queue_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -549,6 +572,9 @@ impl Config {
         let m = self.limits.max_manifest_bytes;
         if !(1024..=64 << 20).contains(&m) {
             bail!("limits.max_manifest_bytes: {m} is out of range; expected 1024 to 67108864 bytes");
+        }
+        if self.limits.request_burst > 0 && self.limits.requests_per_second == 0 {
+            bail!("limits.request_burst: set without limits.requests_per_second, which is 0 (no rate limit)");
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("storage.data_dir: must not be empty");

@@ -76,6 +76,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Arc::new(SystemClock),
             berth_registry::Limits {
                 max_manifest_bytes: config.limits.max_manifest_bytes,
+                max_blob_bytes: config.limits.max_blob_bytes,
+                max_concurrent_fills: config.limits.max_concurrent_fills as usize,
+                fill_queue_timeout: config.limits.fill_queue_timeout,
             },
             registry_metrics,
         )
@@ -112,6 +115,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         prometheus: Arc::new(prometheus),
         lifecycle: lifecycle.clone(),
         access,
+        limits: berth_http::limits::HttpLimits::new(berth_http::limits::Settings {
+            requests_per_second: config.limits.requests_per_second,
+            request_burst: config.limits.request_burst,
+            max_uploads_per_client: config.limits.max_uploads_per_client,
+            body_idle_timeout: config.limits.body_idle_timeout,
+        }),
     };
 
     let (areas, rows) = registry

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::CachedRepo;
 use crate::blobs::BlobBody;
-use crate::metrics::FillLabels;
+use crate::metrics::{FillLabels, UpstreamName};
 use crate::{Registry, RegistryError, Result};
 
 /// Largest piece handed to a client at a time.
@@ -46,6 +46,8 @@ struct FillError {
     status: Option<u16>,
     timeout: bool,
     not_found: Option<String>,
+    /// Refused for want of a turn: (limit, time waited).
+    busy: Option<(usize, std::time::Duration)>,
     message: String,
 }
 
@@ -56,6 +58,7 @@ impl FillError {
             status: None,
             timeout: false,
             not_found: None,
+            busy: None,
             message: e.to_string(),
         };
         match e {
@@ -77,12 +80,16 @@ impl FillError {
                 f.not_found = Some(reference.clone());
             }
             RegistryError::UpstreamInvalid { upstream, .. } => f.upstream = upstream.clone(),
+            RegistryError::FillsBusy { limit, waited } => f.busy = Some((*limit, *waited)),
             _ => {}
         }
         f
     }
 
     fn to_error(&self) -> RegistryError {
+        if let Some((limit, waited)) = self.busy {
+            return RegistryError::FillsBusy { limit, waited };
+        }
         match &self.not_found {
             Some(reference) => RegistryError::UpstreamNotFound {
                 upstream: self.upstream.clone(),
@@ -252,6 +259,10 @@ impl Registry {
         let result = self.fill(&c, &digest, &fill).await;
         let outcome = match &result {
             Ok(()) => "ok",
+            Err(e @ RegistryError::FillsBusy { .. }) => {
+                tracing::warn!(repo = %c.local, %digest, error = %e, "blob fill refused: no turn free");
+                "refused"
+            }
             Err(e) => {
                 tracing::warn!(repo = %c.local, %digest, error = %e, "blob fill from the upstream failed; nothing kept");
                 "failed"
@@ -271,7 +282,35 @@ impl Registry {
         self.fills.lock().unwrap().remove(&digest);
     }
 
+    /// Waits for a turn to fill from an upstream (`limits.max_concurrent_fills`), at most
+    /// `limits.fill_queue_timeout`. Held until the fill ends, so the turn covers the
+    /// upstream request and the whole body.
+    async fn fill_turn(&self, c: &CachedRepo) -> Result<Option<tokio::sync::SemaphorePermit<'_>>> {
+        let Some(permits) = &self.fill_permits else {
+            return Ok(None);
+        };
+        if let Ok(p) = permits.try_acquire() {
+            return Ok(Some(p));
+        }
+        let label = UpstreamName {
+            upstream: c.source.name.clone(),
+        };
+        let waiting = self.metrics.fills_waiting.get_or_create(&label).clone();
+        waiting.inc();
+        let waited = self.limits.fill_queue_timeout;
+        let turn = tokio::time::timeout(waited, permits.acquire()).await;
+        waiting.dec();
+        match turn {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(RegistryError::FillsBusy {
+                limit: self.limits.max_concurrent_fills,
+                waited,
+            }),
+        }
+    }
+
     async fn fill(&self, c: &CachedRepo, digest: &Digest, fill: &Fill) -> Result<()> {
+        let _turn = self.fill_turn(c).await?;
         let reference = digest.to_string();
         let resp = c
             .source
