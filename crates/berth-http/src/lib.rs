@@ -24,6 +24,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
 
+/// How a request reached berth; the listener puts one in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// The connection is TLS (URLs berth builds for the client are `https://`).
+    pub tls: bool,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
