@@ -413,7 +413,8 @@ LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 # 7. report
 # ---------------------------------------------------------------------------------------------
 ratio() { # A B -> A/B or n/a
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) print "n/a"; else printf "%.2fx", a / b }'
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) { print "n/a"; exit }
+        r = a / b; if (r >= 100) printf "%.0fx", r; else if (r >= 0.1) printf "%.2fx", r; else printf "%.4fx", r }'
 }
 report() {
     echo
@@ -423,18 +424,20 @@ report() {
     echo "GET /v2/$REPO/manifests/$TAG (Accept: $MT_MANIFEST); wrk -t${WRK_THREADS} -c${WRK_CONNS} -d${WRK_DURATION} --timeout ${WRK_TIMEOUT} (warm-up ${WRK_WARMUP}); median of $RUNS rounds"
     echo "htpasswd: one user, bcrypt cost $COST ('berth users add': ${BCRYPT_MS} ms incl. process start); berth token_ttl 1h (ES256)"
     echo
-    printf '%-36s %10s %9s %12s %9s\n' case "req/s" "p99 ms" "CPU us/req" "other %"
-    printf '%-36s %10s %9s %12s %9s\n' ------------------------------------ ---------- --------- ------------ ---------
+    printf '%-40s %10s %12s %9s %9s\n' case "req/s" "CPU us/req" "p99 ms" "other %"
+    printf '%-40s %10s %12s %9s %9s\n' ---------------------------------------- ---------- ------------ --------- ---------
     local c
     for c in "${CASES[@]}"; do
-        printf '%-36s %10s %9s %12s %9s\n' "${CASE_LABEL[$c]}" "$(get_r rps "$c")" "$(get_r p99 "$c")" "$(get_r cpu "$c")" "$(get_r other "$c")"
+        printf '%-40s %10s %12s %9s %9s\n' "${CASE_LABEL[$c]}" "$(get_r rps "$c")" "$(get_r cpu "$c")" "$(get_r p99 "$c")" "$(get_r other "$c")"
     done
     echo
-    echo "ratios (req/s):"
-    printf '  %-36s %s\n' "berth Basic / berth off" "$(ratio "$(get_r rps berth_basic)" "$(get_r rps berth_off)")"
-    printf '  %-36s %s\n' "berth Bearer / berth off" "$(ratio "$(get_r rps berth_bearer)" "$(get_r rps berth_off)")"
-    printf '  %-36s %s\n' "distribution Basic / distribution off" "$(ratio "$(get_r rps dist_basic)" "$(get_r rps dist_off)")"
-    printf '  %-36s %s\n' "berth Basic / distribution Basic" "$(ratio "$(get_r rps berth_basic)" "$(get_r rps dist_basic)")"
+    printf '%-40s %10s %12s\n' ratio "req/s" "CPU us/req"
+    printf '%-40s %10s %12s\n' ---------------------------------------- ---------- ------------
+    rrow() { printf '%-40s %10s %12s\n' "$1" "$(ratio "$(get_r rps "$2")" "$(get_r rps "$3")")" "$(ratio "$(get_r cpu "$2")" "$(get_r cpu "$3")")"; }
+    rrow "berth Basic / berth off" berth_basic berth_off
+    rrow "berth Bearer / berth off" berth_bearer berth_off
+    rrow "distribution Basic / distribution off" dist_basic dist_off
+    rrow "berth Basic / distribution Basic" berth_basic dist_basic
     echo
     printf 'peak RSS VmHWM (MiB): berth off %s, berth htpasswd %s (served Basic and Bearer), distribution off %s, distribution htpasswd %s\n' \
         "$(get_r rss berth_off)" "$(get_r rss berth_on)" "$(get_r rss dist_off)" "$(get_r rss dist_auth)"

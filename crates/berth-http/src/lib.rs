@@ -26,6 +26,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
 
+/// How a request reached berth; the listener puts one in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// The connection is TLS (URLs berth builds for the client are `https://`).
+    pub tls: bool,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
@@ -111,12 +118,6 @@ pub struct App {
     pub access: Option<auth::AccessControl>,
     /// Request rate, uploads in flight and body watch per client.
     pub limits: limits::HttpLimits,
-}
-
-/// How a request reached berth, put in its extensions by the listener.
-#[derive(Clone, Copy, Debug)]
-pub struct Transport {
-    pub tls: bool,
 }
 
 pub fn router(app: App) -> Router {

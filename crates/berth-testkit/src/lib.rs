@@ -13,8 +13,11 @@ pub struct TestServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     extra_config: String,
+    server_config: String,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    /// `http` or `https`, as the server reported when it started.
+    pub scheme: String,
 }
 
 impl TestServer {
@@ -26,13 +29,42 @@ impl TestServer {
 
     /// Like [`TestServer::start`], listening on `listen` (e.g. `[::]:0` for dual-stack).
     pub fn start_on(bin: &str, listen: &str, extra_config: &str) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
+        TestServer::launch(
+            tempfile::tempdir().expect("tempdir"),
+            bin,
+            listen,
+            "",
+            extra_config,
+        )
+    }
+
+    /// Like [`TestServer::start`] in `dir` (which the server then owns and removes), with
+    /// `server_config` (lines such as `tls_cert = "..."`) added to the `[server]` table.
+    /// Files the configuration names (certificates, say) can be written to `dir` first.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        bin: &str,
+        server_config: &str,
+        extra_config: &str,
+    ) -> TestServer {
+        TestServer::launch(dir, bin, "127.0.0.1:0", server_config, extra_config)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        bin: &str,
+        listen: &str,
+        server_config: &str,
+        extra_config: &str,
+    ) -> TestServer {
         let mut s = TestServer {
             child: None,
             bin: PathBuf::from(bin),
             dir,
             extra_config: extra_config.to_string(),
+            server_config: server_config.to_string(),
             addr: String::new(),
+            scheme: String::new(),
         };
         s.spawn(listen);
         s
@@ -43,7 +75,8 @@ impl TestServer {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"{listen}\"\nshutdown_timeout = \"5s\"\n[storage]\ndata_dir = \"{}\"\n{}\n",
+                "[server]\nlisten = \"{listen}\"\nshutdown_timeout = \"5s\"\n{}\n[storage]\ndata_dir = \"{}\"\n{}\n",
+                self.server_config,
                 self.data_dir().display(),
                 self.extra_config
             ),
@@ -65,14 +98,17 @@ impl TestServer {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("berth listening on http://") {
-                    let _ = tx.send(addr.to_string());
+                if let Some(url) = line.strip_prefix("berth listening on ")
+                    && let Some((scheme, addr)) = url.split_once("://")
+                {
+                    let _ = tx.send((scheme.to_string(), addr.to_string()));
                 }
             }
         });
-        let addr = rx
+        let (scheme, addr) = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("berth did not report its address within 60s");
+        self.scheme = scheme;
         self.addr = addr;
         self.child = Some(child);
     }
@@ -87,7 +123,7 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -456,6 +456,15 @@ pub struct Server {
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
     pub log: String,
+    /// PEM certificate chain; empty means plain HTTP.
+    pub tls_cert: PathBuf,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: PathBuf,
+    pub max_header_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// 0 means unlimited.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -502,6 +511,11 @@ impl Default for Server {
             listen: "[::]:5000".parse().expect("valid address"),
             shutdown_timeout: Duration::from_secs(30),
             log: "info".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            max_header_bytes: 65536,
+            header_timeout: Duration::from_secs(30),
+            max_connections: 0,
         }
     }
 }
@@ -576,11 +590,19 @@ impl Config {
         if self.limits.request_burst > 0 && self.limits.requests_per_second == 0 {
             bail!("limits.request_burst: set without limits.requests_per_second, which is 0 (no rate limit)");
         }
+        let h = self.server.max_header_bytes;
+        if !(8192..=1 << 20).contains(&h) {
+            bail!("server.max_header_bytes: {h} is out of range; expected 8192 to 1048576 bytes");
+        }
+        if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty() {
+            bail!("server.tls_cert and server.tls_key: set both (TLS on) or neither (plain HTTP)");
+        }
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("storage.data_dir: must not be empty");
         }
         for (key, d) in [
             ("server.shutdown_timeout", self.server.shutdown_timeout),
+            ("server.header_timeout", self.server.header_timeout),
             ("uploads.expire_after", self.uploads.expire_after),
             ("uploads.expire_interval", self.uploads.expire_interval),
         ] {
@@ -777,6 +799,23 @@ mod tests {
         assert!(err("[limits]\nmax_manifest_bytes = 10").starts_with("limits.max_manifest_bytes:"));
         assert!(err("[nope]\nx = 1").contains("unknown field `nope`"));
         assert!(err("[server]\nlog = \"[[[\"").starts_with("server.log:"));
+    }
+
+    #[test]
+    fn listener_keys() {
+        assert!(err("[server]\ntls_cert = \"c.pem\"").starts_with("server.tls_cert and server.tls_key:"));
+        assert!(err("[server]\ntls_key = \"k.pem\"").starts_with("server.tls_cert and server.tls_key:"));
+        assert!(err("[server]\nmax_header_bytes = 100").starts_with("server.max_header_bytes:"));
+        assert!(err("[server]\nmax_header_bytes = 2000000").starts_with("server.max_header_bytes:"));
+        assert!(err("[server]\nheader_timeout = \"0s\"").starts_with("server.header_timeout:"));
+        let c = Config::parse(
+            "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nmax_connections = 5\nheader_timeout = \"2s\"",
+        )
+        .unwrap();
+        assert_eq!(c.server.tls_cert, std::path::PathBuf::from("c.pem"));
+        assert_eq!(c.server.max_connections, 5);
+        assert_eq!(c.server.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.max_header_bytes, 65536);
     }
 }
 

@@ -4,6 +4,7 @@
 mod admin_cli;
 mod config;
 mod hosts_toml;
+mod listener;
 mod probe;
 mod serve;
 

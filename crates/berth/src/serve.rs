@@ -160,28 +160,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Job::Scrub,
     ));
 
+    let tls = if config.server.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        Some(crate::listener::Tls::load(
+            &config.server.tls_cert,
+            &config.server.tls_key,
+        )?)
+    };
+    match crate::listener::raise_open_files_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     let listener = listen(config.server.listen)?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %data.display(), "berth serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, data_dir = %data.display(), scheme, "berth serving");
     // The line tests and scripts wait for.
-    println!("berth listening on http://{addr}");
+    println!("berth listening on {scheme}://{addr}");
     std::io::stdout().flush().ok();
 
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let options = crate::listener::Options {
+        max_header_bytes: config.server.max_header_bytes,
+        header_timeout: config.server.header_timeout,
+        max_connections: config.server.max_connections,
+        tls,
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            berth_http::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        berth_http::router(app),
+        options,
+        async {
             let _ = stop_rx.await;
-        })
-        .into_future(),
-    );
+        },
+    ));
     let signal = shutdown_signal().await;
     tracing::info!(signal, timeout = ?config.server.shutdown_timeout, "stopping: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(());
