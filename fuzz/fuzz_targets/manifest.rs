@@ -50,7 +50,23 @@ fuzz_target!(|data: &[u8]| {
     if let Some(h) = content_type.map(media::essence).filter(|h| !h.is_empty()) {
         assert_eq!(h, m.media_type, "accepted a body that disagrees with its Content-Type");
     }
-    let json: Value = serde_json::from_slice(body).expect("an accepted manifest is JSON");
+    assert!(std::str::from_utf8(body).is_ok(), "accepted a manifest that is not UTF-8");
+    let json: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        // The JSON grammar admits lone surrogate escapes ("\ud800") that no Rust string
+        // can hold, and numbers (1e99999) no f64 can. serde_json decodes escapes and
+        // numbers only in values it reads, and berth does not read fields it ignores,
+        // so such a value may sit in one (Go and Python read them). Anything else Value
+        // refuses, berth must have refused too.
+        Err(e)
+            if ["surrogate", "hex escape", "number out of range"]
+                .iter()
+                .any(|w| e.to_string().contains(w)) =>
+        {
+            return;
+        }
+        Err(e) => panic!("accepted a manifest that is not JSON: {e}"),
+    };
     assert_eq!(json["schemaVersion"], 2);
     if let Some(body_type) = json.get("mediaType") {
         assert_eq!(body_type.as_str(), Some(m.media_type.as_str()));
