@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let parsed = s.parse::<Digest>();
     // serde (manifest descriptors) and FromStr (paths, headers) must agree.
     let via_serde = serde_json::from_value::<Digest>(serde_json::Value::String(s.to_string()));
-    assert_eq!(parsed.is_ok(), via_serde.is_ok(), "FromStr and serde disagree on {s:?}");
+    assert_eq!(
+        parsed.is_ok(),
+        via_serde.is_ok(),
+        "FromStr and serde disagree on {s:?}"
+    );
     let Ok(d) = parsed else {
         return;
     };

@@ -38,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let result = manifest::parse(body, content_type);
-    assert_eq!(manifest::parse(body, content_type), result, "parse is not deterministic");
+    assert_eq!(
+        manifest::parse(body, content_type),
+        result,
+        "parse is not deterministic"
+    );
     let Ok(m) = result else {
         return;
     };
@@ -48,9 +52,15 @@ fuzz_target!(|data: &[u8]| {
         m.media_type
     );
     if let Some(h) = content_type.map(media::essence).filter(|h| !h.is_empty()) {
-        assert_eq!(h, m.media_type, "accepted a body that disagrees with its Content-Type");
+        assert_eq!(
+            h, m.media_type,
+            "accepted a body that disagrees with its Content-Type"
+        );
     }
-    assert!(std::str::from_utf8(body).is_ok(), "accepted a manifest that is not UTF-8");
+    assert!(
+        std::str::from_utf8(body).is_ok(),
+        "accepted a manifest that is not UTF-8"
+    );
     let json: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         // The JSON grammar admits lone surrogate escapes ("\ud800") that no Rust string
@@ -72,11 +82,17 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(body_type.as_str(), Some(m.media_type.as_str()));
     }
     let descriptors = |field: &str| -> Vec<Value> {
-        json[field].as_array().cloned().expect("accepted manifest has the array")
+        json[field]
+            .as_array()
+            .cloned()
+            .expect("accepted manifest has the array")
     };
     let expected: Vec<(RefKind, Value)> = if media::is_index(&m.media_type) {
         assert!(m.refs.iter().all(|r| r.kind == RefKind::Manifest));
-        descriptors("manifests").into_iter().map(|d| (RefKind::Manifest, d)).collect()
+        descriptors("manifests")
+            .into_iter()
+            .map(|d| (RefKind::Manifest, d))
+            .collect()
     } else {
         let config = json["config"].clone();
         assert!(config.is_object(), "accepted image manifest without a config");

@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     for c in s.split('/') {
         assert!(!c.is_empty() && c != "." && c != "..", "component {c:?} of {s:?}");
         assert!(
-            c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-')),
+            c.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-')),
             "component {c:?} of {s:?} has a character outside [a-z0-9._-]"
         );
     }
@@ -43,9 +44,18 @@ fuzz_target!(|data: &[u8]| {
         reparse(&path::manifest(&name, &by_digest)),
         Route::Manifest(name.clone(), by_digest)
     );
-    assert_eq!(reparse(&path::blob(&name, &digest)), Route::Blob(name.clone(), digest.clone()));
+    assert_eq!(
+        reparse(&path::blob(&name, &digest)),
+        Route::Blob(name.clone(), digest.clone())
+    );
     assert_eq!(reparse(&path::uploads(&name)), Route::UploadStart(name.clone()));
-    assert_eq!(reparse(&path::upload(&name, &id)), Route::Upload(name.clone(), id));
+    assert_eq!(
+        reparse(&path::upload(&name, &id)),
+        Route::Upload(name.clone(), id)
+    );
     assert_eq!(reparse(&path::tags(&name)), Route::TagsList(name.clone()));
-    assert_eq!(reparse(&path::referrers(&name, &digest)), Route::Referrers(name, digest));
+    assert_eq!(
+        reparse(&path::referrers(&name, &digest)),
+        Route::Referrers(name, digest)
+    );
 });

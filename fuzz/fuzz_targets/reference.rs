@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!b.is_empty() && b.len() <= 128, "tag of length {}", b.len());
         assert!(b[0] != b'.' && b[0] != b'-', "tag {s:?} starts with a separator");
         assert!(
-            b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')),
+            b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')),
             "tag {s:?} has a character outside [A-Za-z0-9_.-]"
         );
         // A tag is never a path component that climbs out.

@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         let s = name.as_str();
         assert_eq!(s.parse::<RepoName>().as_ref(), Ok(name));
         for c in s.split('/') {
-            assert!(!c.is_empty() && c != "." && c != "..", "component {c:?} of {s:?} from {rest:?}");
+            assert!(
+                !c.is_empty() && c != "." && c != "..",
+                "component {c:?} of {s:?} from {rest:?}"
+            );
             assert!(!c.contains('\\') && !c.contains('%') && !c.contains('\0'));
         }
         // The name is the path's own text, not something decoded or invented.
