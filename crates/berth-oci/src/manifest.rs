@@ -98,7 +98,11 @@ struct Raw {
 
 /// Reads a manifest as pushed with `content_type` (the request's Content-Type, if any).
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+    // JSON is UTF-8 (RFC 8259). serde_json skips the strings of fields it ignores without
+    // checking their UTF-8, so without this a manifest with invalid bytes in, say, a
+    // platform field would be stored and served although strict JSON parsers refuse it.
+    let text = std::str::from_utf8(bytes).map_err(|e| ManifestError::Json(format!("not UTF-8: {e}")))?;
+    let raw: Raw = serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
     let header = content_type.map(media::essence).filter(|s| !s.is_empty());
     if matches!(
         header,
@@ -227,6 +231,24 @@ mod tests {
             parse(bad_digest.as_bytes(), Some(media::OCI_INDEX)),
             Err(ManifestError::Json(_))
         ));
+    }
+
+    /// Found by the `manifest` fuzz target: invalid UTF-8 inside a field berth ignores
+    /// (here a misspelt `platform`) was accepted, though the bytes are not JSON.
+    #[test]
+    fn invalid_utf8_in_an_ignored_field_is_refused() {
+        let mut m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{D1}","size":7,"platfori":{{"architecture":"arm"#,
+            media::OCI_INDEX,
+            media::OCI_MANIFEST
+        )
+        .into_bytes();
+        m.push(0x87);
+        m.extend_from_slice(br#"4"}}]}"#);
+        assert!(matches!(parse(&m, None), Err(ManifestError::Json(e)) if e.contains("UTF-8")));
+        // The same manifest with valid UTF-8 there is accepted.
+        let ok = String::from_utf8_lossy(&m).into_owned();
+        assert!(parse(ok.as_bytes(), None).is_ok());
     }
 
     #[test]

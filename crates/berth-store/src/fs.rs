@@ -68,7 +68,9 @@ impl FsBlobStore {
             .join(hex)
     }
 
-    fn upload_path(&self, id: &UploadId) -> PathBuf {
+    /// Where an upload area lives. Public so the path property tests can check that no
+    /// accepted upload id leads outside the data directory.
+    pub fn upload_path(&self, id: &UploadId) -> PathBuf {
         self.root.join("uploads").join(id.as_str())
     }
 
