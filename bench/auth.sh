@@ -420,7 +420,7 @@ report() {
     echo
     echo "berth auth benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+dirty')"
     echo "host: $NCPU cores, $(awk '/^model name/ { $1 = $2 = $3 = ""; print; exit }' /proc/cpuinfo | sed 's/^ *//'), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); load average at start $LOAD0, at end $LOAD1"
-    echo "servers: berth=$BERTH_SRC; distribution $(docker-registry --version 2>/dev/null | awk '{ print $NF }')"
+    echo "servers: berth=$BERTH_SRC (built $(date -u -r "$BERTH_SRC" +%Y-%m-%dT%H:%M:%SZ)); distribution $(docker-registry --version 2>/dev/null | awk '{ print $NF }')"
     echo "GET /v2/$REPO/manifests/$TAG (Accept: $MT_MANIFEST); wrk -t${WRK_THREADS} -c${WRK_CONNS} -d${WRK_DURATION} --timeout ${WRK_TIMEOUT} (warm-up ${WRK_WARMUP}); median of $RUNS rounds"
     echo "htpasswd: one user, bcrypt cost $COST ('berth users add': ${BCRYPT_MS} ms incl. process start); berth token_ttl 1h (ES256)"
     echo
