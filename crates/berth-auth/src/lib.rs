@@ -278,6 +278,11 @@ impl Auth {
         self.cfg.forward_groups_header.as_deref()
     }
 
+    /// Whether `ip` is one of `auth.trusted_proxies`.
+    pub fn trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.cfg.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
     fn users(&self) -> Arc<Htpasswd> {
         self.users.read().expect("users lock").clone()
     }

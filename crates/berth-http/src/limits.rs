@@ -1,9 +1,11 @@
 //! Request-level limits, per client IP address: a request rate (token bucket), uploads in
 //! flight, the declared size of upload bodies, and bodies that stall.
 //!
-//! The client is the TCP peer (`ConnectInfo<SocketAddr>`, IPv4-mapped IPv6 seen as IPv4);
-//! behind a reverse proxy every client is the proxy. Requests without a peer address (a
-//! router driven in-process) are not limited per client.
+//! The client is the TCP peer (`ConnectInfo<SocketAddr>`, IPv4-mapped IPv6 seen as IPv4)
+//! or, when that peer is one of `auth.trusted_proxies`, the nearest address in
+//! `X-Forwarded-For` that is not a trusted proxy, so clients behind a proxy each get their
+//! own limits. Requests without a peer address (a router driven in-process) are not
+//! limited per client.
 //!
 //! The size of what an upload stores (`limits.max_blob_bytes`, counted over a session's
 //! chunks) is enforced by berth-registry while the body streams; here a declared
@@ -240,6 +242,34 @@ fn declared_len(req: &Request) -> Option<u64> {
         .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
+/// The client a trusted proxy forwards for: walking `X-Forwarded-For` from the right (the
+/// hop nearest berth), the first address that is not itself a trusted proxy. Anyone else's
+/// `X-Forwarded-For` is ignored, since a client can write anything there.
+fn forwarded_client(app: &App, headers: &axum::http::HeaderMap, peer: IpAddr) -> IpAddr {
+    let Some(ac) = app.access.as_ref().filter(|ac| ac.auth.trusted_proxy(peer)) else {
+        return peer;
+    };
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !ac.auth.trusted_proxy(client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// The middleware: the rate limit and upload count per client for `/v2` and `/auth`
 /// (health, metrics and admin are never limited), the declared size of uploads, and the
 /// idle watch on request bodies.
@@ -253,7 +283,7 @@ pub(crate) async fn enforce(State(app): State<App>, mut req: Request, next: Next
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_canonical());
+        .map(|c| forwarded_client(&app, req.headers(), c.0.ip().to_canonical()));
     if let Some(ip) = client
         && let Err(wait) = limits.take_token(ip, Instant::now())
     {

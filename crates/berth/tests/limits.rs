@@ -186,6 +186,41 @@ fn request_rate_per_client() {
     );
 }
 
+/// Behind a trusted proxy each forwarded client has its own bucket; a client that is not a
+/// trusted proxy cannot pick its bucket by writing `X-Forwarded-For`.
+#[test]
+fn clients_behind_a_trusted_proxy_are_limited_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("htpasswd");
+    std::fs::write(&users, "").unwrap();
+    let proxied = |trusted: &str| {
+        TestServer::start(
+            BIN,
+            &format!(
+                "[limits]\nrequests_per_second = 1\nrequest_burst = 3\n[auth]\nhtpasswd = \"{}\"\ntrusted_proxies = [\"{trusted}\"]\n[[access]]\nrepository = \"**\"\nanonymous = [\"pull\"]\n",
+                users.display()
+            ),
+        )
+    };
+    let tags = |s: &TestServer, xff: &str| {
+        req("GET", &s.url("/v2/_catalog"), &[("x-forwarded-for", xff)], None).status
+    };
+    let s = proxied("127.0.0.0/8");
+    let first: Vec<u16> = (0..5).map(|_| tags(&s, "198.51.100.1, 127.0.0.2")).collect();
+    assert_eq!(first.iter().filter(|c| **c == 200).count(), 3, "{first:?}");
+    assert_eq!(first.last(), Some(&429), "{first:?}");
+    // Another client through the same proxy still has its whole burst.
+    assert_eq!(tags(&s, "198.51.100.2"), 200);
+    drop(s);
+    let s = proxied("10.0.0.0/8");
+    let spoofed: Vec<u16> = (0..5).map(|i| tags(&s, &format!("198.51.100.{i}"))).collect();
+    assert_eq!(
+        spoofed.last(),
+        Some(&429),
+        "X-Forwarded-For from an untrusted peer: {spoofed:?}"
+    );
+}
+
 /// A PATCH that announces 100 bytes and sends 10: in flight until the rest comes.
 /// Returns once the server holds it (it has not answered 100 ms after the head; a 429
 /// because a probe of the test held the slot at that moment is sent again).
