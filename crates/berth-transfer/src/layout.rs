@@ -208,6 +208,19 @@ impl Stream for Verified {
                     ))));
                 }
                 hasher.update(&chunk);
+                if this.seen < this.size {
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+                // The last chunk goes out only if the digest matches: a receiver that
+                // stops reading at the announced length must not take damaged bytes.
+                let got = this.hasher.take().expect("checked above").finish();
+                if got != this.digest {
+                    return Poll::Ready(Some(Err(failed(
+                        &this.at,
+                        format!("blob {}", this.digest),
+                        format!("its bytes hash to {got}"),
+                    ))));
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -215,6 +228,7 @@ impl Stream for Verified {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
+                // Still hashing: fewer bytes than announced, or an empty blob.
                 let hasher = this.hasher.take().expect("checked above");
                 if this.seen != this.size {
                     return Poll::Ready(Some(Err(failed(
