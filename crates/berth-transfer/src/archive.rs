@@ -103,9 +103,11 @@ impl TarIndex {
         let what = "archive";
         let mut file = File::open(path).map_err(|e| failed(at, what, format!("cannot open: {e}")))?;
         let mut head = [0u8; 4];
-        let n = read_up_to(&mut file, &mut head).map_err(|e| failed(at, what, format!("cannot read: {e}")))?;
+        let n =
+            read_up_to(&mut file, &mut head).map_err(|e| failed(at, what, format!("cannot read: {e}")))?;
         let compression = Compression::detect(&head[..n]);
-        file.rewind().map_err(|e| failed(at, what, format!("cannot read: {e}")))?;
+        file.rewind()
+            .map_err(|e| failed(at, what, format!("cannot read: {e}")))?;
         let (tar_path, temp) = match compression {
             Compression::None => (path.to_path_buf(), None),
             c => {
@@ -114,7 +116,9 @@ impl TarIndex {
                 let mut out = BufWriter::new(temp.as_file());
                 let mut input = std::io::BufReader::new(file);
                 let copied = match c {
-                    Compression::Gzip => std::io::copy(&mut flate2::read::MultiGzDecoder::new(&mut input), &mut out),
+                    Compression::Gzip => {
+                        std::io::copy(&mut flate2::read::MultiGzDecoder::new(&mut input), &mut out)
+                    }
                     Compression::Zstd => zstd::stream::read::Decoder::with_buffer(input)
                         .and_then(|mut d| std::io::copy(&mut d, &mut out)),
                     Compression::None => unreachable!(),
@@ -161,7 +165,8 @@ impl TarIndex {
         if size > MAX_MANIFEST_BYTES {
             return Err(failed(&self.at, name, format!("{size} bytes is too large")));
         }
-        let mut file = File::open(&self.path).map_err(|e| failed(&self.at, name, format!("cannot open: {e}")))?;
+        let mut file =
+            File::open(&self.path).map_err(|e| failed(&self.at, name, format!("cannot open: {e}")))?;
         file.seek(std::io::SeekFrom::Start(offset))
             .map_err(|e| failed(&self.at, name, format!("cannot seek: {e}")))?;
         let mut buf = vec![0; size as usize];
@@ -329,7 +334,11 @@ impl OciArchive {
     pub(crate) fn from_index(tar: TarIndex) -> Result<OciArchive, TransferError> {
         let at = tar.at.clone();
         if !tar.contains(LAYOUT_FILE) {
-            return Err(failed(&at, LAYOUT_FILE, "missing: not an OCI image layout archive"));
+            return Err(failed(
+                &at,
+                LAYOUT_FILE,
+                "missing: not an OCI image layout archive",
+            ));
         }
         layout::check_layout_file(&tar.read_small(LAYOUT_FILE)?, &at)?;
         if !tar.contains(INDEX_FILE) {
@@ -349,12 +358,20 @@ impl OciArchive {
         let mut partial = dest.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let file = File::create(&partial)
-            .map_err(|e| failed(&at, "archive", format!("cannot create {}: {e}", partial.display())))?;
+        let file = File::create(&partial).map_err(|e| {
+            failed(
+                &at,
+                "archive",
+                format!("cannot create {}: {e}", partial.display()),
+            )
+        })?;
         let file = BufWriter::with_capacity(1 << 20, file);
         let sink = match compression {
             Compression::None => Sink::Plain(file),
-            Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(file, flate2::Compression::default())),
+            Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::default(),
+            )),
             Compression::Zstd => Sink::Zstd(
                 zstd::stream::write::Encoder::new(file, 3)
                     .map_err(|e| failed(&at, "archive", format!("cannot start zstd: {e}")))?,
@@ -388,7 +405,10 @@ impl OciArchive {
         if w.names.lock().expect("names lock").name_image(tag, full_name) {
             Ok(())
         } else {
-            Err(TransferError::Usage(format!("{}: no image tagged {tag:?} yet", self.at)))
+            Err(TransferError::Usage(format!(
+                "{}: no image tagged {tag:?} yet",
+                self.at
+            )))
         }
     }
 
@@ -444,7 +464,11 @@ impl OciArchive {
         let what = format!("blob {digest}");
         let _entry = w.entry.lock().await;
         if w.broken.load(Ordering::SeqCst) {
-            return Err(failed(&self.at, &what, "an earlier entry failed; the archive is unusable"));
+            return Err(failed(
+                &self.at,
+                &what,
+                "an earlier entry failed; the archive is unusable",
+            ));
         }
         if w.written.lock().expect("written lock").contains(digest) {
             return Ok(());
@@ -458,14 +482,22 @@ impl OciArchive {
             let chunk = chunk?;
             seen += chunk.len() as u64;
             if seen > size {
-                return Err(failed(&self.at, &what, format!("longer than the {size} bytes announced")));
+                return Err(failed(
+                    &self.at,
+                    &what,
+                    format!("longer than the {size} bytes announced"),
+                ));
             }
             hasher.update(&chunk);
             self.with_sink(&what, move |s| s.write_all(&chunk)).await?;
             progress(seen);
         }
         if seen != size {
-            return Err(failed(&self.at, &what, format!("{seen} bytes where {size} were announced")));
+            return Err(failed(
+                &self.at,
+                &what,
+                format!("{seen} bytes where {size} were announced"),
+            ));
         }
         let got = hasher.finish();
         if got != *digest {
@@ -500,7 +532,11 @@ impl Source for OciArchive {
         };
         let name = layout::blob_name(&digest);
         if !tar.contains(&name) {
-            return Err(failed(&self.at, format!("manifest {digest}"), "not in the archive"));
+            return Err(failed(
+                &self.at,
+                format!("manifest {digest}"),
+                "not in the archive",
+            ));
         }
         let bytes = tar.read_small(&name)?;
         layout::checked_manifest(bytes, &digest, hint.as_deref(), &self.at)
@@ -522,7 +558,10 @@ impl Source for OciArchive {
             Some(_) => {}
         }
         let body = tar.stream(&name, &what).await?;
-        Ok(layout::skip(layout::verified(body, digest, size, &self.at), offset))
+        Ok(layout::skip(
+            layout::verified(body, digest, size, &self.at),
+            offset,
+        ))
     }
 
     async fn referrers(&self, digest: &Digest) -> Result<Vec<Descriptor>, TransferError> {
@@ -552,7 +591,12 @@ impl Destination for OciArchive {
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool, TransferError> {
-        Ok(self.writer()?.written.lock().expect("written lock").contains(digest))
+        Ok(self
+            .writer()?
+            .written
+            .lock()
+            .expect("written lock")
+            .contains(digest))
     }
 
     async fn put_blob(
@@ -565,8 +609,14 @@ impl Destination for OciArchive {
             return Ok(());
         }
         let body = source.blob(&desc.digest, desc.size, 0).await?;
-        self.append(layout::blob_name(&desc.digest), body, &desc.digest, desc.size, progress)
-            .await
+        self.append(
+            layout::blob_name(&desc.digest),
+            body,
+            &desc.digest,
+            desc.size,
+            progress,
+        )
+        .await
     }
 
     async fn has_manifest(&self, digest: &Digest) -> Result<bool, TransferError> {
@@ -581,7 +631,11 @@ impl Destination for OciArchive {
             self.append(name, body, &manifest.digest, size, &|_| {}).await?;
         }
         if let Some(tag) = tag {
-            self.writer()?.names.lock().expect("names lock").tag(manifest, tag);
+            self.writer()?
+                .names
+                .lock()
+                .expect("names lock")
+                .tag(manifest, tag);
         }
         Ok(())
     }
@@ -591,14 +645,23 @@ impl Destination for OciArchive {
         let _entry = w.entry.lock().await;
         if w.broken.load(Ordering::SeqCst) {
             self.abandon();
-            return Err(failed(&self.at, "archive", "an entry failed; nothing was written"));
+            return Err(failed(
+                &self.at,
+                "archive",
+                "an entry failed; nothing was written",
+            ));
         }
         let entries: Vec<_> = {
             let names = w.names.lock().expect("names lock");
-            names.entries.iter().map(|(_, d, a)| (d.clone(), a.clone())).collect()
+            names
+                .entries
+                .iter()
+                .map(|(_, d, a)| (d.clone(), a.clone()))
+                .collect()
         };
         self.append_small(LAYOUT_FILE, LAYOUT_VERSION).await?;
-        self.append_small(INDEX_FILE, &layout::index_json(&entries)).await?;
+        self.append_small(INDEX_FILE, &layout::index_json(&entries))
+            .await?;
         self.with_sink("archive", |s| s.write_all(&[0; 1024])).await?;
         let sink = w.sink.clone();
         let closed = tokio::task::spawn_blocking(move || match sink.lock().expect("sink lock").take() {
@@ -610,5 +673,218 @@ impl Destination for OciArchive {
         closed
             .and_then(|()| std::fs::rename(&w.partial, &w.dest))
             .map_err(|e| failed(&self.at, "archive", format!("cannot finish: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::layout::OciDir;
+
+    /// Blobs and manifests in memory.
+    struct Mem {
+        blobs: HashMap<Digest, Bytes>,
+        manifests: HashMap<String, Manifest>,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Mem {
+        fn describe(&self) -> String {
+            "mem".into()
+        }
+        async fn manifest(&self, reference: &str) -> Result<Manifest, TransferError> {
+            self.manifests
+                .get(reference)
+                .cloned()
+                .ok_or_else(|| failed("mem", reference, "unknown"))
+        }
+        async fn blob(&self, digest: &Digest, _size: u64, _offset: u64) -> Result<BlobReader, TransferError> {
+            let b = self
+                .blobs
+                .get(digest)
+                .cloned()
+                .ok_or_else(|| failed("mem", digest, "unknown"))?;
+            // Two chunks, so the last-chunk rule is exercised.
+            let (a, z) = (b.slice(..b.len() / 2), b.slice(b.len() / 2..));
+            Ok(Box::pin(futures_util::stream::iter([Ok(a), Ok(z)])))
+        }
+    }
+
+    fn desc(media_type: &str, bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::sha256_of(bytes),
+            size: bytes.len() as u64,
+            artifact_type: None,
+            annotations: None,
+            urls: None,
+            platform: None,
+        }
+    }
+
+    /// A config, a layer and a manifest over them.
+    fn image(seed: &str) -> (Mem, Manifest, Vec<Descriptor>) {
+        let config = Bytes::from(format!("{{\"seed\":\"{seed}\"}}"));
+        let layer = Bytes::from(vec![seed.len() as u8; 3000]);
+        let c = desc("application/vnd.oci.image.config.v1+json", &config);
+        let l = desc("application/vnd.oci.image.layer.v1.tar", &layer);
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": c, "layers": [l],
+        }))
+        .unwrap();
+        let manifest = Manifest {
+            digest: Digest::sha256_of(&m),
+            bytes: Bytes::from(m),
+            media_type: media::OCI_MANIFEST.into(),
+        };
+        let mem = Mem {
+            blobs: HashMap::from([(c.digest.clone(), config), (l.digest.clone(), layer)]),
+            manifests: HashMap::from([(seed.to_string(), manifest.clone())]),
+        };
+        (mem, manifest, vec![c, l])
+    }
+
+    async fn write(dst: &dyn Destination, src: &Mem, m: &Manifest, blobs: &[Descriptor], tag: &str) {
+        for d in blobs {
+            dst.put_blob(src, d, &|_| {}).await.unwrap();
+        }
+        dst.put_manifest(m, Some(tag)).await.unwrap();
+    }
+
+    async fn read_all(src: &dyn Source, d: &Descriptor) -> Result<Vec<u8>, TransferError> {
+        let mut s = src.blob(&d.digest, d.size, 0).await?;
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn archive_round_trip_in_every_compression() {
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let tmp = tempfile::tempdir().unwrap();
+            let file = tmp.path().join("a.tar");
+            let a = OciArchive::create(&file, c).unwrap();
+            let (mem, m, blobs) = image("one");
+            write(&a, &mem, &m, &blobs, "v1").await;
+            let (mem2, m2, blobs2) = image("second");
+            write(&a, &mem2, &m2, &blobs2, "v2").await;
+            a.name_image("v2", "example.com/x:v2").unwrap();
+            a.finish().await.unwrap();
+            assert!(!tmp.path().join("a.tar.partial").exists());
+
+            let head = std::fs::read(&file).unwrap();
+            assert_eq!(Compression::detect(&head), c);
+            let r = OciArchive::open(&file).unwrap();
+            assert_eq!(r.manifest("v1").await.unwrap(), m);
+            assert_eq!(r.manifest("example.com/x:v2").await.unwrap(), m2);
+            assert_eq!(r.manifest(&m2.digest.to_string()).await.unwrap(), m2);
+            for d in &blobs {
+                assert_eq!(read_all(&r, d).await.unwrap(), mem.blobs[&d.digest]);
+            }
+            assert!(r.manifest("v3").await.unwrap_err().to_string().contains("v1, v2"));
+        }
+    }
+
+    #[tokio::test]
+    async fn archive_refuses_a_blob_that_does_not_match_its_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("bad.tar");
+        let a = OciArchive::create(&file, Compression::None).unwrap();
+        let (mut mem, _, blobs) = image("bad");
+        mem.blobs
+            .insert(blobs[1].digest.clone(), Bytes::from(vec![9u8; 3000]));
+        a.put_blob(&mem, &blobs[0], &|_| {}).await.unwrap();
+        let e = a
+            .put_blob(&mem, &blobs[1], &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hash to"), "{e}");
+        assert!(a.finish().await.is_err());
+        assert!(!file.exists() && !tmp.path().join("bad.tar.partial").exists());
+    }
+
+    #[test]
+    fn long_names_get_a_pax_header_that_tar_readers_follow() {
+        let name = format!("blobs/sha512/{}", "a".repeat(128));
+        let mut data = entry_header(&name, 3);
+        data.extend_from_slice(b"abc");
+        data.resize(data.len().next_multiple_of(512) + 1024, 0);
+        let mut ar = tar::Archive::new(&data[..]);
+        let entries: Vec<_> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, [name]);
+    }
+
+    #[tokio::test]
+    async fn oci_dir_round_trip_merges_index_json() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mem, m, blobs) = image("dir");
+        let d = OciDir::create(tmp.path()).unwrap();
+        write(&d, &mem, &m, &blobs, "v1").await;
+        d.finish().await.unwrap();
+        let (mem2, m2, blobs2) = image("dir-two");
+        let d = OciDir::create(tmp.path()).unwrap();
+        write(&d, &mem2, &m2, &blobs2, "v2").await;
+        d.finish().await.unwrap();
+
+        let r = OciDir::open(tmp.path()).unwrap();
+        let names: Vec<_> = r
+            .images()
+            .unwrap()
+            .into_iter()
+            .filter_map(|i| i.ref_name)
+            .collect();
+        assert_eq!(names, ["v1", "v2"]);
+        assert_eq!(r.manifest("v1").await.unwrap(), m);
+        assert_eq!(
+            read_all(&r, &blobs2[1]).await.unwrap(),
+            mem2.blobs[&blobs2[1].digest]
+        );
+        // A damaged file is named, not served.
+        std::fs::write(
+            tmp.path().join(layout::blob_name(&blobs[1].digest)),
+            vec![0u8; 3000],
+        )
+        .unwrap();
+        let e = read_all(&r, &blobs[1]).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&blobs[1].digest.to_string()) && e.contains("hash to"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn docker_archive_config_must_match_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("d.tar");
+        let config = b"{\"rootfs\":{}}";
+        let wrong = format!("{}.json", "0".repeat(64));
+        let mut b = tar::Builder::new(std::fs::File::create(&file).unwrap());
+        let manifest = format!(r#"[{{"Config":"{wrong}","RepoTags":["x/y:z"],"Layers":[]}}]"#);
+        for (name, data) in [
+            ("manifest.json", manifest.as_bytes()),
+            (wrong.as_str(), &config[..]),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let e = match AnyArchive::open(&file) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted a config whose name is not its digest"),
+        };
+        assert!(e.contains("docker-archive:") && e.contains("hash to"), "{e}");
     }
 }

@@ -168,7 +168,8 @@ fn hash_entry(tar: &TarIndex, name: &str) -> Result<(Digest, u64, &'static str),
         .size(name)
         .ok_or_else(|| failed(at, format!("layer {name}"), "not in the archive"))?;
     let what = format!("layer {name}");
-    let mut file = std::fs::File::open(&tar.path).map_err(|e| failed(at, &what, format!("cannot open: {e}")))?;
+    let mut file =
+        std::fs::File::open(&tar.path).map_err(|e| failed(at, &what, format!("cannot open: {e}")))?;
     let start = tar.offset(name).expect("checked by size()");
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
         .map_err(|e| failed(at, &what, format!("cannot seek: {e}")))?;
@@ -191,7 +192,11 @@ fn hash_entry(tar: &TarIndex, name: &str) -> Result<(Digest, u64, &'static str),
         hasher.update(&buf[..n]);
     }
     if seen != size {
-        return Err(failed(at, &what, format!("{seen} bytes where the tar says {size}")));
+        return Err(failed(
+            at,
+            &what,
+            format!("{seen} bytes where the tar says {size}"),
+        ));
     }
     let media_type = if first == [0x1f, 0x8b] {
         DOCKER_LAYER_GZIP
@@ -249,6 +254,9 @@ impl Source for DockerArchive {
             ));
         }
         let body = self.tar.stream(name, &what).await?;
-        Ok(layout::skip(layout::verified(body, digest, size, &self.at), offset))
+        Ok(layout::skip(
+            layout::verified(body, digest, size, &self.at),
+            offset,
+        ))
     }
 }

@@ -66,8 +66,8 @@ pub(crate) fn parse_index(bytes: &[u8], at: &str) -> Result<Vec<LayoutImage>, Tr
         #[serde(default)]
         manifests: Vec<Descriptor>,
     }
-    let index: Index =
-        serde_json::from_slice(bytes).map_err(|e| failed(at, INDEX_FILE, format!("not an OCI index: {e}")))?;
+    let index: Index = serde_json::from_slice(bytes)
+        .map_err(|e| failed(at, INDEX_FILE, format!("not an OCI index: {e}")))?;
     Ok(index
         .manifests
         .into_iter()
@@ -308,7 +308,11 @@ pub(crate) async fn write_verified(
             let chunk = chunk?;
             written += chunk.len() as u64;
             if written > size {
-                return Err(failed(at, &what, format!("longer than the {size} bytes announced")));
+                return Err(failed(
+                    at,
+                    &what,
+                    format!("longer than the {size} bytes announced"),
+                ));
             }
             hasher.update(&chunk);
             file.write_all(&chunk)
@@ -317,7 +321,11 @@ pub(crate) async fn write_verified(
             progress(written);
         }
         if written != size {
-            return Err(failed(at, &what, format!("{written} bytes where {size} were announced")));
+            return Err(failed(
+                at,
+                &what,
+                format!("{written} bytes where {size} were announced"),
+            ));
         }
         let got = hasher.finish();
         if got != *digest {
@@ -412,12 +420,19 @@ impl OciDir {
     /// Opens a layout to write into, creating it (or adding to the one there).
     pub fn create(root: &Path) -> Result<OciDir, TransferError> {
         let dir = OciDir::at(root);
-        std::fs::create_dir_all(root.join("blobs"))
-            .map_err(|e| failed(&dir.at, "layout", format!("cannot create {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root.join("blobs")).map_err(|e| {
+            failed(
+                &dir.at,
+                "layout",
+                format!("cannot create {}: {e}", root.display()),
+            )
+        })?;
         match std::fs::read(root.join(LAYOUT_FILE)) {
             Ok(bytes) => check_layout_file(&bytes, &dir.at)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(root.join(LAYOUT_FILE), LAYOUT_VERSION)
-                .map_err(|e| failed(&dir.at, LAYOUT_FILE, format!("cannot write: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(root.join(LAYOUT_FILE), LAYOUT_VERSION)
+                    .map_err(|e| failed(&dir.at, LAYOUT_FILE, format!("cannot write: {e}")))?
+            }
             Err(e) => return Err(failed(&dir.at, LAYOUT_FILE, format!("cannot read: {e}"))),
         }
         Ok(dir)
@@ -448,7 +463,10 @@ impl OciDir {
         if self.names.lock().expect("names lock").name_image(tag, full_name) {
             Ok(())
         } else {
-            Err(TransferError::Usage(format!("{}: no image tagged {tag:?} yet", self.at)))
+            Err(TransferError::Usage(format!(
+                "{}: no image tagged {tag:?} yet",
+                self.at
+            )))
         }
     }
 
@@ -462,7 +480,11 @@ impl OciDir {
             .await
             .map_err(|e| failed(&self.at, what, format!("not in the layout ({e})")))?;
         if meta.len() > MAX_MANIFEST_BYTES {
-            return Err(failed(&self.at, what, format!("{} bytes is too large", meta.len())));
+            return Err(failed(
+                &self.at,
+                what,
+                format!("{} bytes is too large", meta.len()),
+            ));
         }
         tokio::fs::read(&path)
             .await
@@ -472,7 +494,8 @@ impl OciDir {
 }
 
 pub(crate) fn check_layout_file(bytes: &[u8], at: &str) -> Result<(), TransferError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| failed(at, LAYOUT_FILE, format!("not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| failed(at, LAYOUT_FILE, format!("not JSON: {e}")))?;
     match v.get("imageLayoutVersion").and_then(Value::as_str) {
         Some(ver) if ver.starts_with("1.") => Ok(()),
         other => Err(failed(
@@ -528,7 +551,8 @@ impl Source for OciDir {
             let Ok(bytes) = self.read_small(d, "manifest").await else {
                 continue;
             };
-            if subject_of(&bytes).as_ref() == Some(digest) && !out.iter().any(|o: &Descriptor| o.digest == *d) {
+            if subject_of(&bytes).as_ref() == Some(digest) && !out.iter().any(|o: &Descriptor| o.digest == *d)
+            {
                 out.push(img.descriptor.clone());
             }
         }
@@ -563,7 +587,9 @@ impl Destination for OciDir {
     }
 
     async fn has_blob(&self, digest: &Digest) -> Result<bool, TransferError> {
-        Ok(tokio::fs::try_exists(self.blob_path(digest)).await.unwrap_or(false))
+        Ok(tokio::fs::try_exists(self.blob_path(digest))
+            .await
+            .unwrap_or(false))
     }
 
     async fn put_blob(
@@ -614,7 +640,9 @@ impl Destination for OciDir {
             .map(|i| (i.descriptor, BTreeMap::new()))
             .collect();
         entries.extend(names.entries.iter().map(|(_, d, a)| (d.clone(), a.clone())));
-        let tmp = self.root.join(format!(".{INDEX_FILE}.partial-{}", std::process::id()));
+        let tmp = self
+            .root
+            .join(format!(".{INDEX_FILE}.partial-{}", std::process::id()));
         std::fs::write(&tmp, index_json(&entries))
             .and_then(|()| std::fs::rename(&tmp, &index_path))
             .map_err(|e| failed(&self.at, INDEX_FILE, format!("cannot write: {e}")))

@@ -129,9 +129,10 @@ fn parse_name(s: &str) -> anyhow::Result<ImageName> {
             (name, Some(Reference::Digest(d)))
         }
         None => match rest.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => {
-                (name, Some(Reference::Tag(tag.parse().with_context(|| format!("{s:?}"))?)))
-            }
+            Some((name, tag)) if !tag.contains('/') => (
+                name,
+                Some(Reference::Tag(tag.parse().with_context(|| format!("{s:?}"))?)),
+            ),
             _ => (rest, None),
         },
     };
@@ -157,7 +158,10 @@ fn base_url(host: &str, insecure: bool) -> anyhow::Result<String> {
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    Ok(format!("{}://{host}", if loopback || insecure { "http" } else { "https" }))
+    Ok(format!(
+        "{}://{host}",
+        if loopback || insecure { "http" } else { "https" }
+    ))
 }
 
 fn split_creds(creds: &Option<String>) -> anyhow::Result<Option<(String, String)>> {
@@ -174,7 +178,11 @@ fn split_creds(creds: &Option<String>) -> anyhow::Result<Option<(String, String)
 #[derive(Clone, Debug)]
 enum Platforms {
     All,
-    One { os: String, arch: String, variant: Option<String> },
+    One {
+        os: String,
+        arch: String,
+        variant: Option<String>,
+    },
 }
 
 impl Platforms {
@@ -282,7 +290,11 @@ async fn copy_tree(
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
     if depth > MAX_DEPTH {
-        bail!("{}: manifest {} nests indexes deeper than {MAX_DEPTH}", src.describe(), m.digest);
+        bail!(
+            "{}: manifest {} nests indexes deeper than {MAX_DEPTH}",
+            src.describe(),
+            m.digest
+        );
     }
     let refs = refs_of(m, &src.describe())?;
     if media::is_index(&m.media_type) {
@@ -332,7 +344,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         let (Some(host), Some(repo)) = (n.host.clone(), n.repo.clone()) else {
             bail!("{r:?}: expected host[:port]/repo:tag or host[:port]/repo@sha256:...");
         };
-        let reference = n.reference.clone().unwrap_or_else(|| Reference::Tag("latest".parse().unwrap()));
+        let reference = n
+            .reference
+            .clone()
+            .unwrap_or_else(|| Reference::Tag("latest".parse().unwrap()));
         targets.push((r.clone(), host, repo, reference));
     }
     // The name each image gets in index.json: its tag, unless two share one.
@@ -358,7 +373,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
                 Reference::Digest(d) => format!("{host}/{repo}@{d}"),
             };
             archive.name_image(&ref_name, &full)?;
-            println!("exported {text} as {ref_name:?}: {} {}", image.media_type, image.digest);
+            println!(
+                "exported {text} as {ref_name:?}: {} {}",
+                image.media_type, image.digest
+            );
         }
         archive.finish().await?;
         anyhow::Ok(tally)
@@ -376,7 +394,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             archive.abandon();
-            Err(e.context(format!("export to {} failed; no file was written", args.output.display())))
+            Err(e.context(format!(
+                "export to {} failed; no file was written",
+                args.output.display()
+            )))
         }
     }
 }
@@ -403,7 +424,13 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
                 let reference = i
                     .ref_name
                     .clone()
-                    .filter(|r| a.images().iter().filter(|o| o.ref_name.as_deref() == Some(r)).count() == 1)
+                    .filter(|r| {
+                        a.images()
+                            .iter()
+                            .filter(|o| o.ref_name.as_deref() == Some(r))
+                            .count()
+                            == 1
+                    })
                     .unwrap_or_else(|| i.descriptor.digest.to_string());
                 let name = i.image_name.clone().or(i.ref_name.clone());
                 (reference, name)
@@ -472,7 +499,8 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
                 repo: None,
                 ..
             }) => {
-                let Some(ImageName { repo: Some(repo), .. }) = own.clone().filter(|o| o.host.is_some()) else {
+                let Some(ImageName { repo: Some(repo), .. }) = own.clone().filter(|o| o.host.is_some())
+                else {
                     bail!("image {source_ref:?} of the archive has no full name; give host/repo:tag");
                 };
                 Planned {
@@ -516,7 +544,12 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
             let dst = match dests.get(&key) {
                 Some(d) => d.clone(),
                 None => {
-                    let d = Arc::new(RegistryDest::new(&p.host, p.repo.clone(), &creds, args.access.insecure)?);
+                    let d = Arc::new(RegistryDest::new(
+                        &p.host,
+                        p.repo.clone(),
+                        &creds,
+                        args.access.insecure,
+                    )?);
                     dests.insert(key, d.clone());
                     d
                 }
@@ -524,7 +557,12 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
             let m = src.manifest(&p.source_ref).await?;
             copy_tree(src, dst.as_ref(), &m, 0, &mut tally)
                 .await
-                .with_context(|| format!("importing {:?} into {}/{}: nothing was tagged", p.source_ref, p.host, p.repo))?;
+                .with_context(|| {
+                    format!(
+                        "importing {:?} into {}/{}: nothing was tagged",
+                        p.source_ref, p.host, p.repo
+                    )
+                })?;
             println!("pushed {} {} to {}/{}", m.media_type, m.digest, p.host, p.repo);
             pushed.push((dst, m, p));
         }
@@ -559,7 +597,12 @@ struct RegistrySource {
 }
 
 impl RegistrySource {
-    fn new(host: &str, repo: RepoName, creds: &Option<(String, String)>, insecure: bool) -> anyhow::Result<Self> {
+    fn new(
+        host: &str,
+        repo: RepoName,
+        creds: &Option<(String, String)>,
+        insecure: bool,
+    ) -> anyhow::Result<Self> {
         let upstream = Upstream::new(UpstreamConfig {
             name: host.to_string(),
             url: base_url(host, insecure)?,
@@ -612,7 +655,10 @@ impl Source for RegistrySource {
 
     async fn blob(&self, digest: &Digest, _size: u64, offset: u64) -> Result<BlobReader, TransferError> {
         if offset != 0 {
-            return Err(TransferError::Usage(format!("{}: resumed blob reads are not supported here", self.at)));
+            return Err(TransferError::Usage(format!(
+                "{}: resumed blob reads are not supported here",
+                self.at
+            )));
         }
         let what = format!("blob {digest}");
         let stream = self
@@ -643,7 +689,12 @@ struct RegistryDest {
 }
 
 impl RegistryDest {
-    fn new(host: &str, repo: RepoName, creds: &Option<(String, String)>, insecure: bool) -> anyhow::Result<Self> {
+    fn new(
+        host: &str,
+        repo: RepoName,
+        creds: &Option<(String, String)>,
+        insecure: bool,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
@@ -702,7 +753,11 @@ impl RegistryDest {
             .unwrap_or_default()
             .to_string();
         if !self.fetch_token(&challenge).await? {
-            return Err(self.fail(what, "401: credentials refused or needed (--creds)", Some(resp.status())));
+            return Err(self.fail(
+                what,
+                "401: credentials refused or needed (--creds)",
+                Some(resp.status()),
+            ));
         }
         self.authorize(build())
             .send()
@@ -729,7 +784,8 @@ impl RegistryDest {
             }
         }
         let Some(realm) = realm else { return Ok(false) };
-        let mut url = Url::parse(&realm).map_err(|e| self.fail("token", format!("realm {realm:?}: {e}"), None))?;
+        let mut url =
+            Url::parse(&realm).map_err(|e| self.fail("token", format!("realm {realm:?}: {e}"), None))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = &service {
@@ -747,7 +803,11 @@ impl RegistryDest {
             .map_err(|e| self.fail("token", format!("request failed: {}", chain(&e)), None))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(self.fail("token", format!("the token server answered {status}"), Some(status)));
+            return Err(self.fail(
+                "token",
+                format!("the token server answered {status}"),
+                Some(status),
+            ));
         }
         #[derive(serde::Deserialize)]
         struct Answer {
@@ -770,7 +830,13 @@ impl RegistryDest {
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| self.fail(what, "the registry sent no Location for the upload", Some(resp.status())))?;
+            .ok_or_else(|| {
+                self.fail(
+                    what,
+                    "the registry sent no Location for the upload",
+                    Some(resp.status()),
+                )
+            })?;
         resp.url()
             .join(loc)
             .map_err(|e| self.fail(what, format!("Location {loc:?}: {e}"), None))
@@ -789,10 +855,16 @@ impl RegistryDest {
         }))
     }
 
-    async fn monolithic(&self, source: &dyn Source, desc: &Descriptor, what: &str) -> Result<(), TransferError> {
+    async fn monolithic(
+        &self,
+        source: &dyn Source,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<(), TransferError> {
         let slot = Arc::new(Mutex::new(None));
         let mut url = self.url(&path::uploads(&self.repo))?;
-        url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
         let stream = source.blob(&desc.digest, desc.size, 0).await?;
         let body = self.body(stream, &slot);
         let sent = self
@@ -811,7 +883,8 @@ impl RegistryDest {
             // No single-request uploads here: the session is open, send it with PUT.
             StatusCode::ACCEPTED => {
                 let mut url = self.location(what, &resp)?;
-                url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+                url.query_pairs_mut()
+                    .append_pair("digest", &desc.digest.to_string());
                 let stream = source.blob(&desc.digest, desc.size, 0).await?;
                 let body = self.body(stream, &slot);
                 let sent = self
@@ -824,7 +897,8 @@ impl RegistryDest {
                 if let Some(e) = slot.lock().expect("slot lock").take() {
                     return Err(e);
                 }
-                let resp = sent.map_err(|e| self.fail(what, format!("upload failed: {}", chain(&e)), None))?;
+                let resp =
+                    sent.map_err(|e| self.fail(what, format!("upload failed: {}", chain(&e)), None))?;
                 self.expect(resp, StatusCode::CREATED, what).await.map(drop)
             }
             _ => self.expect(resp, StatusCode::CREATED, what).await.map(drop),
@@ -839,7 +913,10 @@ impl RegistryDest {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), TransferError> {
         let start = self
-            .send(what, || self.http.post(self.url(&path::uploads(&self.repo)).expect("valid")))
+            .send(what, || {
+                self.http
+                    .post(self.url(&path::uploads(&self.repo)).expect("valid"))
+            })
             .await?;
         let start = self.expect(start, StatusCode::ACCEPTED, what).await?;
         let mut url = self.location(what, &start)?;
@@ -870,7 +947,8 @@ impl RegistryDest {
                 progress(sent);
             }
         }
-        url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
         let resp = self
             .authorize(self.http.put(url))
             .header(CONTENT_LENGTH, 0)
@@ -893,7 +971,11 @@ impl RegistryDest {
         }
         let body = resp.text().await.unwrap_or_default();
         let body: String = body.chars().take(300).collect();
-        Err(self.fail(what, format!("the registry answered {status}: {}", body.trim()), Some(status)))
+        Err(self.fail(
+            what,
+            format!("the registry answered {status}: {}", body.trim()),
+            Some(status),
+        ))
     }
 
     async fn exists(&self, what: &str, path: String, accept: Option<&str>) -> Result<bool, TransferError> {

@@ -55,7 +55,11 @@ fn manifest_bytes(s: &TestServer, repo: &str, reference: &str) -> (u16, Vec<u8>)
 /// `s` serves every manifest and blob of `set` under `repo` byte for byte, the index
 /// as `repo:tag`.
 fn assert_registry_holds_set(s: &TestServer, repo: &str, tag: &str, set: &ImageSet) {
-    assert_eq!(manifest_bytes(s, repo, tag), (200, set.index.data.clone()), "index {repo}:{tag}");
+    assert_eq!(
+        manifest_bytes(s, repo, tag),
+        (200, set.index.data.clone()),
+        "index {repo}:{tag}"
+    );
     for img in &set.images {
         assert_eq!(
             manifest_bytes(s, repo, &img.manifest.digest),
@@ -103,7 +107,14 @@ fn export_all_platforms_round_trips_through_skopeo_with_every_digest_kept() {
     let file = tmp.path().join("multi.tar");
     let f = file.to_str().unwrap();
 
-    let out = berth(&["export", &format!("{}/exp/multi:v1", s.addr), "--all-platforms", "-o", f]).ok();
+    let out = berth(&[
+        "export",
+        &format!("{}/exp/multi:v1", s.addr),
+        "--all-platforms",
+        "-o",
+        f,
+    ])
+    .ok();
     assert!(out.stdout_str().contains(&set.index.digest), "{out}");
     assert!(!tmp.path().join("multi.tar.partial").exists());
     let listing = tar_listing(&file, "--no-auto-compress");
@@ -121,7 +132,10 @@ fn export_all_platforms_round_trips_through_skopeo_with_every_digest_kept() {
     assert_eq!(raw, set.index.data, "skopeo inspect --raw of the archive");
     // ... and copies all of it out, digests preserved.
     let out_dir = tmp.path().join("out");
-    skopeo.copy_all(&format!("oci-archive:{f}:v1"), &format!("oci:{}:v1", out_dir.display()));
+    skopeo.copy_all(
+        &format!("oci-archive:{f}:v1"),
+        &format!("oci:{}:v1", out_dir.display()),
+    );
     images::assert_layout_holds_set(&OciLayout::open(&out_dir), "v1", &set);
 
     // The same export, compressed: skopeo 1.9 reads gzip and zstd archives too, and
@@ -146,7 +160,10 @@ fn export_all_platforms_round_trips_through_skopeo_with_every_digest_kept() {
         }
         let raw = skopeo.try_inspect_raw(&format!("oci-archive:{fc}:v1"));
         assert!(raw.success(), "skopeo cannot read a {c} archive:\n{raw}");
-        assert_eq!(raw.stdout, set.index.data, "skopeo inspect --raw of the {c} archive");
+        assert_eq!(
+            raw.stdout, set.index.data,
+            "skopeo inspect --raw of the {c} archive"
+        );
         let fresh = server();
         let out = berth(&["import", fc, &format!("{}/imp/multi:v1", fresh.addr)]).ok();
         assert!(out.stdout_str().contains("tagged"), "{out}");
@@ -174,9 +191,16 @@ fn export_default_platform_loads_into_podman() {
 
     let out = podman.run(&["load", "-i", f]);
     let name = format!("{}/exp/podman:v1", s.addr);
-    assert!(out.stdout_str().contains(&name), "podman load names the image {name}:\n{out}");
+    assert!(
+        out.stdout_str().contains(&name),
+        "podman load names the image {name}:\n{out}"
+    );
     let inspect = podman.image_inspect(&name);
-    assert_eq!(inspect["Id"], amd64.image_id(), "image ID = config digest:\n{inspect}");
+    assert_eq!(
+        inspect["Id"],
+        amd64.image_id(),
+        "image ID = config digest:\n{inspect}"
+    );
     assert_eq!(inspect["Architecture"], "amd64");
     let diff_ids: Vec<String> = amd64.layers.iter().map(|l| l.diff_id.clone()).collect();
     assert_eq!(inspect["RootFS"]["Layers"], serde_json::json!(diff_ids));
@@ -239,7 +263,10 @@ fn import_of_podman_save_docker_archive_keeps_config_and_layers() {
     assert_eq!(status, 200);
     let m: Value = serde_json::from_slice(&manifest).unwrap();
     assert_eq!(m["mediaType"], images::DOCKER_MANIFEST);
-    assert_eq!(m["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar"
+    );
 
     // A fresh podman pulls it from there and gets the same image.
     let again = Podman::new();
@@ -296,7 +323,12 @@ fn several_references_in_one_archive_import_restores_every_tag() {
     ])
     .ok();
     let fresh2 = server();
-    berth(&["import", one.to_str().unwrap(), &format!("{}/restored", fresh2.addr)]).ok();
+    berth(&[
+        "import",
+        one.to_str().unwrap(),
+        &format!("{}/restored", fresh2.addr),
+    ])
+    .ok();
     assert_registry_holds_set(&fresh2, "restored", "v1", &a);
     assert_registry_holds_set(&fresh2, "restored", "v2", &a);
     // A single tag for a many-image archive is refused before anything is pushed.
@@ -322,7 +354,11 @@ fn bad_archives_fail_naming_the_problem_and_tag_nothing() {
     let layout = tmp.path().join("layout");
     let mut blobs = good.all_blobs();
     blobs.extend(damaged.all_blobs());
-    images::write_oci_layout(&layout, &[("ok", &good.index), ("broken", &damaged.index)], &blobs);
+    images::write_oci_layout(
+        &layout,
+        &[("ok", &good.index), ("broken", &damaged.index)],
+        &blobs,
+    );
     let victim = &damaged.image("arm64").layers[0].blob;
     let mut bytes = victim.data.clone();
     let last = bytes.len() - 1;
@@ -330,8 +366,16 @@ fn bad_archives_fail_naming_the_problem_and_tag_nothing() {
     std::fs::write(layout.join("blobs/sha256").join(victim.hex()), &bytes).unwrap();
     let mismatched = tmp.path().join("mismatch.tar");
     pack(&layout, &mismatched);
-    let out = berth(&["import", mismatched.to_str().unwrap(), &format!("{}/bad/mix", s.addr)]).failed();
-    assert!(out.stderr.contains(&victim.digest) && out.stderr.contains("hash"), "{out}");
+    let out = berth(&[
+        "import",
+        mismatched.to_str().unwrap(),
+        &format!("{}/bad/mix", s.addr),
+    ])
+    .failed();
+    assert!(
+        out.stderr.contains(&victim.digest) && out.stderr.contains("hash"),
+        "{out}"
+    );
     assert!(out.stderr.contains("nothing was tagged"), "{out}");
     assert!(tags(&s, "bad/mix").is_empty(), "a failed import tagged something");
     // The blob with the wrong bytes never reached the registry.
@@ -346,7 +390,12 @@ fn bad_archives_fail_naming_the_problem_and_tag_nothing() {
     let data = std::fs::read(&whole).unwrap();
     let truncated = tmp.path().join("truncated.tar");
     std::fs::write(&truncated, &data[..data.len() / 2]).unwrap();
-    let out = berth(&["import", truncated.to_str().unwrap(), &format!("{}/bad/trunc:v1", s.addr)]).failed();
+    let out = berth(&[
+        "import",
+        truncated.to_str().unwrap(),
+        &format!("{}/bad/trunc:v1", s.addr),
+    ])
+    .failed();
     assert!(out.stderr.contains("truncated"), "{out}");
     assert!(tags(&s, "bad/trunc").is_empty());
 
@@ -354,26 +403,47 @@ fn bad_archives_fail_naming_the_problem_and_tag_nothing() {
     let gz = images::gzip(&data);
     let truncated_gz = tmp.path().join("truncated.tar.gz");
     std::fs::write(&truncated_gz, &gz[..gz.len() * 2 / 3]).unwrap();
-    let out = berth(&["import", truncated_gz.to_str().unwrap(), &format!("{}/bad/trunc:v1", s.addr)]).failed();
+    let out = berth(&[
+        "import",
+        truncated_gz.to_str().unwrap(),
+        &format!("{}/bad/trunc:v1", s.addr),
+    ])
+    .failed();
     assert!(out.stderr.contains("truncated or damaged"), "{out}");
 
     // No index.json.
     std::fs::remove_file(one.join("index.json")).unwrap();
     let no_index = tmp.path().join("no-index.tar");
     pack(&one, &no_index);
-    let out = berth(&["import", no_index.to_str().unwrap(), &format!("{}/bad/noindex:v1", s.addr)]).failed();
+    let out = berth(&[
+        "import",
+        no_index.to_str().unwrap(),
+        &format!("{}/bad/noindex:v1", s.addr),
+    ])
+    .failed();
     assert!(out.stderr.contains("index.json"), "{out}");
     assert!(tags(&s, "bad/noindex").is_empty());
 
     // Not an archive at all.
     let junk = tmp.path().join("junk");
     std::fs::write(&junk, b"this is not a tar file at all, just some text").unwrap();
-    let out = berth(&["import", junk.to_str().unwrap(), &format!("{}/bad/junk:v1", s.addr)]).failed();
+    let out = berth(&[
+        "import",
+        junk.to_str().unwrap(),
+        &format!("{}/bad/junk:v1", s.addr),
+    ])
+    .failed();
     assert!(out.stderr.contains("junk"), "{out}");
 
     // Export of a reference the registry lacks: exit 1, no file.
     let missing = tmp.path().join("missing.tar");
-    let out = berth(&["export", &format!("{}/bad/none:v1", s.addr), "-o", missing.to_str().unwrap()]).failed();
+    let out = berth(&[
+        "export",
+        &format!("{}/bad/none:v1", s.addr),
+        "-o",
+        missing.to_str().unwrap(),
+    ])
+    .failed();
     assert!(out.stderr.contains("bad/none"), "{out}");
     assert!(!missing.exists());
 }
