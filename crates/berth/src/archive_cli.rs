@@ -415,27 +415,24 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
     let creds = split_creds(&args.access.creds)?;
     let file = args.file.clone();
     let archive = AnyArchive::open(&file)?;
-    // (reference in the archive, full name if any, short name if any)
+    // (reference into the archive, the name it gives the image)
     let entries: Vec<(String, Option<String>)> = match &archive {
-        AnyArchive::Oci(a) => a
-            .images()
-            .into_iter()
-            .map(|i| {
-                let reference = i
-                    .ref_name
-                    .clone()
-                    .filter(|r| {
-                        a.images()
-                            .iter()
-                            .filter(|o| o.ref_name.as_deref() == Some(r))
-                            .count()
-                            == 1
-                    })
-                    .unwrap_or_else(|| i.descriptor.digest.to_string());
-                let name = i.image_name.clone().or(i.ref_name.clone());
-                (reference, name)
-            })
-            .collect(),
+        AnyArchive::Oci(a) => {
+            let images = a.images();
+            let count = |r: &str| images.iter().filter(|o| o.ref_name.as_deref() == Some(r)).count();
+            images
+                .iter()
+                .map(|i| {
+                    // A ref name given twice cannot select one image; the digest can.
+                    let reference = i
+                        .ref_name
+                        .clone()
+                        .filter(|r| count(r) == 1)
+                        .unwrap_or_else(|| i.descriptor.digest.to_string());
+                    (reference, i.image_name.clone().or(i.ref_name.clone()))
+                })
+                .collect()
+        }
         AnyArchive::Docker(a) => a
             .images()
             .iter()
@@ -554,15 +551,17 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
                     d
                 }
             };
-            let m = src.manifest(&p.source_ref).await?;
-            copy_tree(src, dst.as_ref(), &m, 0, &mut tally)
-                .await
-                .with_context(|| {
-                    format!(
-                        "importing {:?} into {}/{}: nothing was tagged",
-                        p.source_ref, p.host, p.repo
-                    )
-                })?;
+            let copied = async {
+                let m = src.manifest(&p.source_ref).await?;
+                copy_tree(src, dst.as_ref(), &m, 0, &mut tally).await?;
+                anyhow::Ok(m)
+            };
+            let m = copied.await.with_context(|| {
+                format!(
+                    "importing {:?} into {}/{}: nothing was tagged",
+                    p.source_ref, p.host, p.repo
+                )
+            })?;
             println!("pushed {} {} to {}/{}", m.media_type, m.digest, p.host, p.repo);
             pushed.push((dst, m, p));
         }
@@ -570,7 +569,12 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         for (dst, m, p) in &pushed {
             match &p.tag {
                 Some(tag) => {
-                    dst.put_manifest(m, Some(tag)).await?;
+                    dst.put_manifest(m, Some(tag)).await.with_context(|| {
+                        format!(
+                            "every image was pushed, but tagging {}/{}:{tag} failed",
+                            p.host, p.repo
+                        )
+                    })?;
                     println!("tagged {}/{}:{tag} {}", p.host, p.repo, m.digest);
                 }
                 None => println!("untagged {}/{}@{}", p.host, p.repo, m.digest),

@@ -447,3 +447,105 @@ fn bad_archives_fail_naming_the_problem_and_tag_nothing() {
     assert!(out.stderr.contains("bad/none"), "{out}");
     assert!(!missing.exists());
 }
+
+#[test]
+fn a_large_layer_goes_through_export_and_chunked_import() {
+    let s = server();
+    let layer = images::large_layer(Flavor::Oci, "archive-large", 40 << 20);
+    let img = Image::from_layers(Flavor::Oci, Platform::linux_amd64(), "archive-large", vec![layer]);
+    push_image_http(&url(&s, ""), "big/app", "v1", &img);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("big.tar");
+    let f = file.to_str().unwrap();
+
+    let t = std::time::Instant::now();
+    berth(&["export", &format!("{}/big/app:v1", s.addr), "-o", f]).ok();
+    let export = t.elapsed();
+    let fresh = server();
+    let t = std::time::Instant::now();
+    let out = berth(&["import", f, &format!("{}/big/copy:v1", fresh.addr)]).ok();
+    let import = t.elapsed();
+    let mb = img.layers[0].blob.size() as f64 / 1e6;
+    eprintln!(
+        "40 MiB layer: export {export:?} ({:.0} MB/s), import {import:?} ({:.0} MB/s)",
+        mb / export.as_secs_f64(),
+        mb / import.as_secs_f64()
+    );
+    assert!(out.stdout_str().contains("tagged"), "{out}");
+    assert_eq!(
+        manifest_bytes(&fresh, "big/copy", "v1"),
+        (200, img.manifest.data.clone())
+    );
+    for b in img.blobs() {
+        let r = http::must_get(&url(&fresh, &format!("/v2/big/copy/blobs/{}", b.digest)), &[]);
+        assert_eq!(sha256_digest(&r.body), b.digest, "blob {}", b.digest);
+    }
+    // Importing again sends no blob: every one is found by HEAD.
+    let out = berth(&["import", f, &format!("{}/big/copy:v2", fresh.addr)]).ok();
+    assert!(out.stdout_str().contains("0 blobs pushed"), "{out}");
+}
+
+#[test]
+fn export_and_import_sign_in_to_a_registry_with_access_control() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("htpasswd");
+    let mut add = Command::new(BERTH);
+    add.args(["users", "add", users.to_str().unwrap(), "alice", "--cost", "4"]);
+    let mut child = add
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"alice-pw\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let s = TestServer::start(BERTH, &format!("[auth]\nhtpasswd = \"{}\"\n", users.display()));
+    let skopeo = Skopeo::new();
+    let set = ImageSet::multi_platform(Flavor::Docker, "archive-auth");
+    let layout = tmp.path().join("layout");
+    set.write_dir(&layout);
+    skopeo.copy(
+        &format!("dir:{}", layout.display()),
+        &docker_ref(&s.addr, "team/app", "v1"),
+        &["--all", "--dest-creds", "alice:alice-pw"],
+    );
+    let file = tmp.path().join("auth.tar");
+    let f = file.to_str().unwrap();
+    let src = format!("{}/team/app:v1", s.addr);
+
+    let out = berth(&["export", &src, "--all-platforms", "-o", f]).failed();
+    assert!(out.stderr.contains("401") || out.stderr.contains("auth"), "{out}");
+    berth(&[
+        "export",
+        &src,
+        "--all-platforms",
+        "-o",
+        f,
+        "--creds",
+        "alice:alice-pw",
+    ])
+    .ok();
+
+    let dst = format!("{}/team/copy:v1", s.addr);
+    let out = berth(&["import", f, &dst]).failed();
+    assert!(out.stderr.contains("401"), "{out}");
+    let out = berth(&["import", f, &dst, "--creds", "alice:wrong"]).failed();
+    assert!(out.stderr.contains("team/copy"), "{out}");
+    let out = berth(&["import", f, &dst, "--creds", "alice:alice-pw"]).ok();
+    assert!(out.stdout_str().contains("tagged"), "{out}");
+    // A Docker manifest list, kept byte for byte (skopeo's oci: transports refuse Docker
+    // media types; berth's archive does not care).
+    assert!(
+        !skopeo
+            .try_inspect_raw(&docker_ref(&s.addr, "team/copy", "v1"))
+            .success()
+    );
+    let out = skopeo.try_run(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        "--creds",
+        "alice:alice-pw",
+        &docker_ref(&s.addr, "team/copy", "v1"),
+    ]);
+    assert_eq!(out.ok().stdout, set.index.data);
+}
