@@ -6,6 +6,10 @@
 //! them. Manifests are never re-serialised: what the source served is what the
 //! destination receives.
 
+pub mod archive;
+pub mod docker_archive;
+pub mod layout;
+
 use std::pin::Pin;
 
 use berth_oci::{Descriptor, Digest};

@@ -2,6 +2,7 @@
 //! configuration, wiring.
 
 mod admin_cli;
+mod archive_cli;
 mod config;
 mod hosts_toml;
 mod listener;
@@ -74,6 +75,12 @@ enum Command {
     /// against any registry and report what is missing or damaged; once, or every
     /// --interval with Prometheus metrics.
     Probe(probe::ProbeArgs),
+    /// Write images from a registry into an OCI image layout tar archive (for `skopeo
+    /// copy oci-archive:`, `podman load`, `berth import`).
+    Export(archive_cli::ExportArgs),
+    /// Push an archive (OCI layout archive, plain, gzip or zstd, or `docker save`) into a
+    /// registry; tags move only once every image is complete.
+    Import(archive_cli::ImportArgs),
     /// Manage an htpasswd file (bcrypt) for `auth.htpasswd`; a running server picks up
     /// changes within seconds.
     Users {
@@ -220,6 +227,8 @@ fn main() -> std::process::ExitCode {
             .map(|files| files.iter().for_each(|f| println!("{}", f.display()))),
         // Its own exit statuses: 1 when a reference is damaged, 2 on usage errors.
         Command::Probe(a) => return probe::run(a),
+        Command::Export(a) => archive_cli::export(a),
+        Command::Import(a) => archive_cli::import(a),
         Command::Users { command } => users(command),
         Command::Config {
             command: ConfigCommand::Default,
