@@ -9,6 +9,7 @@
 
 pub mod blob;
 pub mod fs;
+pub mod s3;
 pub mod meta;
 pub mod sqlite;
 

@@ -20,6 +20,7 @@ mod sqlite_only;
 use std::any::Any;
 
 use berth_store::fs::FsBlobStore;
+use berth_store::s3::{S3BlobStore, S3Settings};
 use berth_store::sqlite::SqliteMeta;
 use berth_store::{BlobStore, MetaStore};
 
@@ -124,5 +125,35 @@ pub async fn sqlite_meta_store() -> (Guard, Box<dyn MetaStore>) {
     (Box::new(dir), Box::new(store))
 }
 
+/// The S3 store on `server`, keys under `prefix`.
+async fn s3_store(server: berth_testkit::s3::S3Server, prefix: &str) -> (Guard, Box<dyn BlobStore>) {
+    let settings = S3Settings {
+        endpoint: Some(server.endpoint.clone()),
+        region: berth_testkit::s3::REGION.to_string(),
+        bucket: server.bucket.clone(),
+        prefix: prefix.to_string(),
+        access_key_id: Some(berth_testkit::s3::ACCESS_KEY.to_string()),
+        secret_access_key: Some(berth_testkit::s3::SECRET_KEY.to_string()),
+        allow_http: true,
+    };
+    let store = S3BlobStore::open(&settings)
+        .await
+        .unwrap_or_else(|e| panic!("open S3BlobStore on {}: {e}", server.kind));
+    (Box::new(server), Box::new(store))
+}
+
+pub async fn s3s_blob_store() -> (Guard, Box<dyn BlobStore>) {
+    s3_store(berth_testkit::s3::S3Server::s3s_fs(), "").await
+}
+
+pub async fn moto_blob_store() -> (Guard, Box<dyn BlobStore>) {
+    let server = tokio::task::spawn_blocking(berth_testkit::s3::S3Server::moto)
+        .await
+        .expect("start moto");
+    s3_store(server, "berth/registry").await
+}
+
 blob_store_contract!(fs_blob, crate::fs_blob_store);
+blob_store_contract!(s3s_blob, crate::s3s_blob_store);
+blob_store_contract!(moto_blob, crate::moto_blob_store);
 meta_store_contract!(sqlite_meta, crate::sqlite_meta_store);

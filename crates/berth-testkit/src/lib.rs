@@ -187,3 +187,4 @@ pub mod clients;
 pub mod fault;
 pub mod images;
 pub mod token;
+pub mod s3;
