@@ -6,7 +6,8 @@
 //! per implementation, so a new backend (an S3 blob store, a PostgreSQL metadata store)
 //! adds one `blob_store_contract!` or `meta_store_contract!` line and a constructor.
 //! Checks that need to reach behind the trait (the files of the filesystem store) live in
-//! [`fs_only`] and [`sqlite_only`].
+//! [`fs_only`], [`s3_only`] and [`sqlite_only`]. The blob suite runs on the filesystem, on
+//! s3s-fs served inside the test process and on moto's server (a separate Python process).
 
 #[path = "contract/blob.rs"]
 mod blob;
@@ -14,6 +15,8 @@ mod blob;
 mod fs_only;
 #[path = "contract/meta.rs"]
 mod meta;
+#[path = "contract/s3_only.rs"]
+mod s3_only;
 #[path = "contract/sqlite_only.rs"]
 mod sqlite_only;
 
