@@ -114,7 +114,7 @@ impl S3Server {
                     // moto takes unsigned requests: a bare PUT creates the bucket.
                     let r = http::put(&format!("{endpoint}/{bucket}"), "application/xml", b"")
                         .unwrap_or_else(|e| panic!("creating bucket on moto: {e}"));
-                    assert_eq!(r.status, 200, "creating bucket on moto: {r:?}");
+                    assert_eq!(r.status, 200, "creating bucket on moto: {r}");
                     return S3Server {
                         endpoint,
                         bucket,
@@ -134,22 +134,61 @@ impl S3Server {
         );
     }
 
-    /// TOML for berth's `[storage.s3]` table reaching this server, with the credentials
-    /// in the environment variables `BERTH_TEST_S3_KEY` / `BERTH_TEST_S3_SECRET` (see
-    /// [`S3Server::env`]).
-    pub fn storage_toml(&self, prefix: &str) -> String {
+    /// Configuration lines for `berth serve` (appended inside `[storage]`, as
+    /// [`crate::TestServer`] places extra configuration) keeping blobs in this bucket under
+    /// `prefix`. The credentials go into files in `dir`, which the configuration names.
+    pub fn berth_config(&self, dir: &std::path::Path, prefix: &str) -> String {
+        let (key, secret) = (dir.join("s3-access-key"), dir.join("s3-secret-key"));
+        std::fs::write(&key, format!("{ACCESS_KEY}\n")).expect("write access key file");
+        std::fs::write(&secret, format!("{SECRET_KEY}\n")).expect("write secret key file");
         format!(
-            "[storage.s3]\nendpoint = \"{}\"\nregion = \"{REGION}\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\n\
-             access_key_id_env = \"BERTH_TEST_S3_KEY\"\nsecret_access_key_env = \"BERTH_TEST_S3_SECRET\"\n\
+            "blobs = \"s3\"\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{REGION}\"\nbucket = \"{}\"\n\
+             prefix = \"{prefix}\"\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\
              allow_http = true\n",
-            self.endpoint, self.bucket
+            self.endpoint,
+            self.bucket,
+            key.display(),
+            secret.display()
         )
     }
 
-    /// The environment [`S3Server::storage_toml`] refers to.
-    pub fn env() -> [(&'static str, &'static str); 2] {
-        [("BERTH_TEST_S3_KEY", ACCESS_KEY), ("BERTH_TEST_S3_SECRET", SECRET_KEY)]
+    /// Every key in the bucket under `prefix`, read without signing (moto only: s3s-fs
+    /// checks signatures).
+    pub fn moto_keys(&self, prefix: &str) -> Vec<String> {
+        assert_eq!(self.kind, "moto", "unsigned listing needs moto");
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..1000 {
+            let mut url = format!("{}/{}?list-type=2&prefix={prefix}", self.endpoint, self.bucket);
+            if let Some(t) = &token {
+                url.push_str(&format!("&continuation-token={}", t.replace('+', "%2B").replace('=', "%3D")));
+            }
+            let r = http::get(&url, &[]).unwrap_or_else(|e| panic!("listing {url}: {e}"));
+            assert_eq!(r.status, 200, "listing {url}: {r}");
+            let xml = String::from_utf8_lossy(&r.body).into_owned();
+            keys.extend(between(&xml, "<Key>", "</Key>"));
+            token = between(&xml, "<NextContinuationToken>", "</NextContinuationToken>").into_iter().next();
+            if token.is_none() {
+                return keys;
+            }
+        }
+        panic!("listing never ended");
     }
+
+    /// An object's bytes, read without signing (moto only).
+    pub fn moto_get(&self, key: &str) -> Vec<u8> {
+        let url = format!("{}/{}/{key}", self.endpoint, self.bucket);
+        let r = http::get(&url, &[]).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(r.status, 200, "GET {url}: {r}");
+        r.body
+    }
+}
+
+fn between(text: &str, open: &str, close: &str) -> Vec<String> {
+    text.split(open)
+        .skip(1)
+        .filter_map(|s| s.split_once(close).map(|(v, _)| v.to_string()))
+        .collect()
 }
 
 /// Where moto's server is: `$BERTH_MOTO_SERVER`, the venv scripts/test installs, or PATH.
