@@ -81,7 +81,10 @@ impl std::fmt::Debug for S3Settings {
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("allow_http", &self.allow_http)
             .finish()
     }
@@ -146,7 +149,10 @@ impl S3BlobStore {
         if prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("storage.s3.prefix {:?} has an empty, `.` or `..` segment", settings.prefix),
+                format!(
+                    "storage.s3.prefix {:?} has an empty, `.` or `..` segment",
+                    settings.prefix
+                ),
             )
             .into());
         }
@@ -211,9 +217,14 @@ impl S3BlobStore {
         } else if matches!(
             e,
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
-        ) || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden"]
-            .iter()
-            .any(|m| text.contains(m))
+        ) || [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403 Forbidden",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
         {
             format!(
                 "S3 {d} refused the credentials (check storage.s3.access_key_id_env and \
@@ -236,7 +247,12 @@ impl S3BlobStore {
             .s3
             .signed_url(http::Method::GET, &key, ttl)
             .await
-            .map_err(|e| io_err(format_args!("presigning blob {digest} in {}", self.inner.describe), e))?;
+            .map_err(|e| {
+                io_err(
+                    format_args!("presigning blob {digest} in {}", self.inner.describe),
+                    e,
+                )
+            })?;
         Ok(url.to_string())
     }
 
@@ -257,7 +273,11 @@ impl Inner {
 
     fn blob_key(&self, digest: &Digest) -> Path {
         let hex = digest.hex();
-        self.key(&format!("blobs/{}/{}/{hex}", digest.algorithm().as_str(), &hex[..2]))
+        self.key(&format!(
+            "blobs/{}/{}/{hex}",
+            digest.algorithm().as_str(),
+            &hex[..2]
+        ))
     }
 
     fn area(&self, id: &UploadId) -> Path {
@@ -491,7 +511,11 @@ impl S3Sink {
             }
             None => {
                 let payload: PutPayload = self.pending.drain(..).collect();
-                self.inner.s3.put(&key, payload).await.map_err(|e| io_err(&what, e))?;
+                self.inner
+                    .s3
+                    .put(&key, payload)
+                    .await
+                    .map_err(|e| io_err(&what, e))?;
             }
         }
         self.pending_len = 0;
@@ -516,7 +540,10 @@ impl BlobSink for S3Sink {
         if self.multipart.is_none() && self.pending_len >= PART {
             let key = self.segment_key();
             let upload = self.inner.s3.put_multipart(&key).await.map_err(|e| {
-                io_err(format_args!("starting multipart upload {key} in {}", self.inner.describe), e)
+                io_err(
+                    format_args!("starting multipart upload {key} in {}", self.inner.describe),
+                    e,
+                )
             })?;
             self.multipart = Some(WriteMultipart::new_with_chunk_size(upload, PART));
         }
@@ -526,7 +553,10 @@ impl BlobSink for S3Sink {
             }
             self.pending_len = 0;
             m.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| {
-                io_err(format_args!("uploading upload {} in {}", self.id, self.inner.describe), e)
+                io_err(
+                    format_args!("uploading upload {} in {}", self.id, self.inner.describe),
+                    e,
+                )
             })?;
         }
         if self.seg_len >= SEGMENT {
@@ -562,7 +592,11 @@ impl UploadReader for S3UploadReader {
                 _ => {}
             }
         }
-        let Some(e) = extents.iter().find(|e| e.start <= offset && offset < e.start + e.len).cloned() else {
+        let Some(e) = extents
+            .iter()
+            .find(|e| e.start <= offset && offset < e.start + e.len)
+            .cloned()
+        else {
             if let Some(bytes) = self.read_committed(offset, max).await? {
                 return Ok(bytes);
             }
@@ -574,7 +608,10 @@ impl UploadReader for S3UploadReader {
         match self.inner.s3.get_range(&e.key, from..to).await {
             Ok(b) => Ok(b),
             Err(err) if is_not_found(&err) => Ok(self.read_committed(offset, max).await?.unwrap_or_default()),
-            Err(err) => Err(io_err(format_args!("reading upload {} in {}", self.id, self.inner.describe), err)),
+            Err(err) => Err(io_err(
+                format_args!("reading upload {} in {}", self.id, self.inner.describe),
+                err,
+            )),
         }
     }
 }
@@ -582,7 +619,13 @@ impl UploadReader for S3UploadReader {
 impl S3UploadReader {
     /// After a commit the parts are gone: read the blob the upload became.
     async fn read_committed(&self, offset: u64, max: usize) -> io::Result<Option<Bytes>> {
-        let digest = self.inner.committed.lock().unwrap().get(self.id.as_str()).map(|c| c.0.clone());
+        let digest = self
+            .inner
+            .committed
+            .lock()
+            .unwrap()
+            .get(self.id.as_str())
+            .map(|c| c.0.clone());
         let Some(digest) = digest else {
             return Ok(None);
         };
@@ -599,14 +642,24 @@ impl S3UploadReader {
             .get_range(&key, offset..to)
             .await
             .map(Some)
-            .map_err(|e| io_err(format_args!("reading blob {digest} in {}", self.inner.describe), e))
+            .map_err(|e| {
+                io_err(
+                    format_args!("reading blob {digest} in {}", self.inner.describe),
+                    e,
+                )
+            })
     }
 }
 
 impl S3BlobStore {
     async fn delete_area(&self, id: &UploadId) -> io::Result<()> {
         let inner = &self.inner;
-        let keys = inner.area_objects(id).await?.into_iter().map(|m| Ok(m.location)).collect::<Vec<_>>();
+        let keys = inner
+            .area_objects(id)
+            .await?
+            .into_iter()
+            .map(|m| Ok(m.location))
+            .collect::<Vec<_>>();
         // The marker goes last, so an area is listed until all its parts are gone.
         let marker = inner.marker(id);
         let (marker_keys, parts): (Vec<_>, Vec<_>) =
@@ -637,7 +690,11 @@ impl S3BlobStore {
         let key = inner.key(&format!("uploads/{}/composed", id.as_str()));
         let what = format!("composing upload {id} in {}", inner.describe);
         if total == 0 {
-            inner.s3.put(&key, PutPayload::new()).await.map_err(|e| io_err(&what, e))?;
+            inner
+                .s3
+                .put(&key, PutPayload::new())
+                .await
+                .map_err(|e| io_err(&what, e))?;
             return Ok((key, 0));
         }
         let upload = inner.s3.put_multipart(&key).await.map_err(|e| io_err(&what, e))?;
@@ -657,7 +714,9 @@ impl S3BlobStore {
                 .into_stream();
             while let Some(b) = body.next().await {
                 w.put(b.map_err(|err| io_err(&what, err))?);
-                w.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|err| io_err(&what, err))?;
+                w.wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|err| io_err(&what, err))?;
             }
         }
         w.finish().await.map_err(|e| io_err(&what, e))?;
@@ -690,6 +749,9 @@ impl S3BlobStore {
         match copied {
             Ok(()) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                // Another writer (another replica) committed this digest between our HEAD
+                // and our copy: the conditional create kept its object.
+                tracing::debug!(%digest, "blob committed concurrently by another writer");
                 let existing = inner.exists(&to).await?.unwrap_or(size);
                 same_size(digest, existing, size)
             }
@@ -717,11 +779,12 @@ impl BlobStore for S3BlobStore {
             self.delete_area(id).await?;
         }
         let key = self.inner.marker(id);
-        self.inner
-            .s3
-            .put(&key, PutPayload::new())
-            .await
-            .map_err(|e| io_err(format_args!("creating upload area {id} in {}", self.inner.describe), e))?;
+        self.inner.s3.put(&key, PutPayload::new()).await.map_err(|e| {
+            io_err(
+                format_args!("creating upload area {id} in {}", self.inner.describe),
+                e,
+            )
+        })?;
         Ok(())
     }
 
@@ -752,7 +815,10 @@ impl BlobStore for S3BlobStore {
                 .try_collect::<Vec<_>>()
                 .await
                 .map_err(|e| io_err(format_args!("cutting upload {id} at {offset}"), e))?;
-            if extents.iter().any(|e| e.start < offset && offset < e.start + e.len) {
+            if extents
+                .iter()
+                .any(|e| e.start < offset && offset < e.start + e.len)
+            {
                 inner
                     .s3
                     .put(&inner.part_key(id, seq, offset), PutPayload::new())
@@ -855,7 +921,11 @@ impl BlobStore for S3BlobStore {
 
     async fn open(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<BlobRead>> {
         let key = self.inner.blob_key(digest);
-        let Some((size, body)) = self.inner.stream_range(&key, range.map(|r| r.start..r.end + 1)).await? else {
+        let Some((size, body)) = self
+            .inner
+            .stream_range(&key, range.map(|r| r.start..r.end + 1))
+            .await?
+        else {
             return Ok(None);
         };
         Ok(Some(BlobRead { size, body }))
@@ -885,7 +955,13 @@ impl BlobStore for S3BlobStore {
         match inner.s3.copy(&from, &to).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(false),
-            Err(e) => return Err(io_err(format_args!("quarantining blob {digest} in {}", inner.describe), e).into()),
+            Err(e) => {
+                return Err(io_err(
+                    format_args!("quarantining blob {digest} in {}", inner.describe),
+                    e,
+                )
+                .into());
+            }
         }
         self.delete(digest).await?;
         Ok(true)
@@ -893,9 +969,11 @@ impl BlobStore for S3BlobStore {
 
     async fn delete(&self, digest: &Digest) -> Result<()> {
         match self.inner.s3.delete(&self.inner.blob_key(digest)).await {
-            Err(e) if !is_not_found(&e) => {
-                Err(io_err(format_args!("deleting blob {digest} in {}", self.inner.describe), e).into())
-            }
+            Err(e) if !is_not_found(&e) => Err(io_err(
+                format_args!("deleting blob {digest} in {}", self.inner.describe),
+                e,
+            )
+            .into()),
             _ => Ok(()),
         }
     }
@@ -927,7 +1005,9 @@ impl BlobStore for S3BlobStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let key = self.inner.key(&format!("tmp/ready-{}-{nanos}-{n}", std::process::id()));
+        let key = self
+            .inner
+            .key(&format!("tmp/ready-{}-{nanos}-{n}", std::process::id()));
         let what = format!("probing writes to {}", self.inner.describe);
         self.inner
             .s3

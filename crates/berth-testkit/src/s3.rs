@@ -95,7 +95,11 @@ impl S3Server {
         let started = Instant::now();
         // A port picked by binding :0 can be taken before moto binds it: retry a few times.
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let mut child = Command::new(&bin)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
@@ -161,13 +165,18 @@ impl S3Server {
         for _ in 0..1000 {
             let mut url = format!("{}/{}?list-type=2&prefix={prefix}", self.endpoint, self.bucket);
             if let Some(t) = &token {
-                url.push_str(&format!("&continuation-token={}", t.replace('+', "%2B").replace('=', "%3D")));
+                url.push_str(&format!(
+                    "&continuation-token={}",
+                    t.replace('+', "%2B").replace('=', "%3D")
+                ));
             }
             let r = http::get(&url, &[]).unwrap_or_else(|e| panic!("listing {url}: {e}"));
             assert_eq!(r.status, 200, "listing {url}: {r}");
             let xml = String::from_utf8_lossy(&r.body).into_owned();
             keys.extend(between(&xml, "<Key>", "</Key>"));
-            token = between(&xml, "<NextContinuationToken>", "</NextContinuationToken>").into_iter().next();
+            token = between(&xml, "<NextContinuationToken>", "</NextContinuationToken>")
+                .into_iter()
+                .next();
             if token.is_none() {
                 return keys;
             }

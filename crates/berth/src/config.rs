@@ -572,11 +572,18 @@ impl S3 {
         }
         let p = self.prefix.trim_matches('/');
         if !p.is_empty() && p.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-            bail!("storage.s3.prefix: {:?} has an empty, `.` or `..` segment", self.prefix);
+            bail!(
+                "storage.s3.prefix: {:?} has an empty, `.` or `..` segment",
+                self.prefix
+            );
         }
         for (key, env, file) in [
             ("access_key_id", &self.access_key_id_env, &self.access_key_id_file),
-            ("secret_access_key", &self.secret_access_key_env, &self.secret_access_key_file),
+            (
+                "secret_access_key",
+                &self.secret_access_key_env,
+                &self.secret_access_key_file,
+            ),
         ] {
             if !env.is_empty() && !file.as_os_str().is_empty() {
                 bail!("storage.s3: set {key}_env or {key}_file, not both");
@@ -932,9 +939,7 @@ mod tests {
         assert!(err(&s3("prefix = \"a//b\"")).starts_with("storage.s3.prefix:"));
         assert!(err(&s3("presign_ttl = \"8d\"")).starts_with("storage.s3.presign_ttl:"));
         assert!(err(&s3("secret_access_key = \"x\"")).contains("unknown field `secret_access_key`"));
-        assert!(
-            err(&s3("access_key_id_env = \"A\"\naccess_key_id_file = \"f\"")).contains("not both")
-        );
+        assert!(err(&s3("access_key_id_env = \"A\"\naccess_key_id_file = \"f\"")).contains("not both"));
         let c = Config::parse(&s3(
             "endpoint = \"http://127.0.0.1:9000/\"\nallow_http = true\nprefix = \"/reg/\"\n\
              access_key_id_env = \"BERTH_CONFIG_TEST_UNSET_VARIABLE\"\nredirect = true",
@@ -954,7 +959,10 @@ mod tests {
         assert_eq!(settings.secret_access_key.as_deref(), Some("s3cr3t"));
         assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(settings.prefix, "reg");
-        assert!(!format!("{settings:?}").contains("s3cr3t"), "Debug shows the secret");
+        assert!(
+            !format!("{settings:?}").contains("s3cr3t"),
+            "Debug shows the secret"
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ fn skopeo_round_trip_through_s3_survives_a_restart() {
     let pull = |reg: &TestServer, out: &str| {
         skopeo.copy_all(&docker_ref(&reg.addr, "s3/multi", "v1"), &oci(out, "out"));
         assert_layout_holds_set(&OciLayout::open(&tmp.path().join(out)), "out", &set);
-        skopeo.copy(&docker_ref(&reg.addr, "s3/large", "v1"), &oci(&format!("{out}-big"), "v1"), &[]);
+        skopeo.copy(
+            &docker_ref(&reg.addr, "s3/large", "v1"),
+            &oci(&format!("{out}-big"), "v1"),
+            &[],
+        );
         let layout = OciLayout::open(&tmp.path().join(format!("{out}-big")));
         assert_eq!(layout.descriptor("v1")["digest"], big.manifest.digest);
         let got = std::fs::read(
@@ -109,7 +113,11 @@ fn two_servers_sharing_a_bucket_commit_the_same_blob_at_once() {
             Flavor::Oci,
             Platform::linux_amd64(),
             &format!("race-{round}"),
-            vec![large_layer(Flavor::Oci, &format!("race-{round}"), (9 << 20) + round * 4099)],
+            vec![large_layer(
+                Flavor::Oci,
+                &format!("race-{round}"),
+                (9 << 20) + round * 4099,
+            )],
         );
         let layer = img.layers[0].blob.clone();
         let barrier = Arc::new(Barrier::new(2));
@@ -133,11 +141,12 @@ fn two_servers_sharing_a_bucket_commit_the_same_blob_at_once() {
         }
         let object = s3.moto_get(&blob_key("shared", &layer.digest));
         assert_eq!(object.len(), layer.data.len());
-        assert_eq!(sha256_digest(&object), layer.digest, "the object is intact, round {round}");
+        assert_eq!(
+            sha256_digest(&object),
+            layer.digest,
+            "the object is intact, round {round}"
+        );
     }
-    let leftovers: Vec<String> = s3
-        .moto_keys("shared/uploads/")
-        .into_iter()
-        .collect();
+    let leftovers: Vec<String> = s3.moto_keys("shared/uploads/").into_iter().collect();
     assert!(leftovers.is_empty(), "upload areas left behind: {leftovers:?}");
 }

@@ -87,7 +87,9 @@ async fn server_refuses_conditional_create_over_an_existing_object(kind: &str) {
         mode: PutMode::Create,
         ..Default::default()
     };
-    let put = s3.put_opts(&taken, PutPayload::from_static(b"clobber"), create).await;
+    let put = s3
+        .put_opts(&taken, PutPayload::from_static(b"clobber"), create)
+        .await;
     assert!(
         matches!(put, Err(object_store::Error::AlreadyExists { .. })),
         "{kind}: conditional PUT over an existing key: {put:?}"
@@ -123,7 +125,10 @@ async fn racing_commits_of_one_digest_all_succeed_and_keep_the_bytes(kind: &str)
         store.create_upload(&id).await.unwrap();
         // Some uploads in two requests, so their commit composes parts first.
         let cut = if i % 3 == 0 { 100_000 } else { data.len() };
-        let mut sink = store.append(&id, 0, DigestHasher::new(Algorithm::Sha256)).await.unwrap();
+        let mut sink = store
+            .append(&id, 0, DigestHasher::new(Algorithm::Sha256))
+            .await
+            .unwrap();
         sink.write(Bytes::copy_from_slice(&data[..cut])).await.unwrap();
         let (n, h) = sink.finish().await.unwrap();
         let mut sink = store.append(&id, n, h).await.unwrap();
@@ -137,11 +142,18 @@ async fn racing_commits_of_one_digest_all_succeed_and_keep_the_bytes(kind: &str)
         let store = if i % 2 == 0 { &a } else { &b };
         store.commit_upload(id, &digest)
     });
-    for (i, r) in futures_util::future::join_all(commits).await.into_iter().enumerate() {
+    for (i, r) in futures_util::future::join_all(commits)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         r.unwrap_or_else(|e| panic!("{kind}: commit {i} of the same digest failed: {e}"));
     }
     assert_eq!(a.stat(&digest).await.unwrap(), Some(data.len() as u64));
-    assert!(read_bytes(&b, &digest, None).await.1 == data, "{kind}: blob bytes differ");
+    assert!(
+        read_bytes(&b, &digest, None).await.1 == data,
+        "{kind}: blob bytes differ"
+    );
     assert!(a.upload_ids().await.unwrap().is_empty(), "every area is gone");
 }
 
@@ -149,7 +161,11 @@ async fn missing_bucket_and_unreachable_endpoint_are_named_at_open(kind: &str) {
     let server = start(kind).await;
     let mut s = settings(&server, "");
     s.bucket = "no-such-bucket".into();
-    let e = S3BlobStore::open(&s).await.err().expect("missing bucket refused").to_string();
+    let e = S3BlobStore::open(&s)
+        .await
+        .err()
+        .expect("missing bucket refused")
+        .to_string();
     assert!(
         e.contains("\"no-such-bucket\"") && e.contains(&server.endpoint) && e.contains("does not exist"),
         "{kind}: {e}"
@@ -160,7 +176,11 @@ async fn missing_bucket_and_unreachable_endpoint_are_named_at_open(kind: &str) {
         // moto accepts any credentials; s3s checks the signature.
         let mut s = settings(&server, "");
         s.secret_access_key = Some("wrong-secret-value".into());
-        let e = S3BlobStore::open(&s).await.err().expect("bad credentials refused").to_string();
+        let e = S3BlobStore::open(&s)
+            .await
+            .err()
+            .expect("bad credentials refused")
+            .to_string();
         assert!(
             e.contains("refused the credentials") && e.contains(&server.endpoint),
             "{kind}: {e}"
@@ -174,12 +194,20 @@ async fn missing_bucket_and_unreachable_endpoint_are_named_at_open(kind: &str) {
     let mut s = settings(&server, "");
     s.endpoint = Some(format!("http://127.0.0.1:{port}"));
     let started = std::time::Instant::now();
-    let e = S3BlobStore::open(&s).await.err().expect("unreachable endpoint refused").to_string();
+    let e = S3BlobStore::open(&s)
+        .await
+        .err()
+        .expect("unreachable endpoint refused")
+        .to_string();
     assert!(
         e.contains("cannot be reached") && e.contains(&format!("127.0.0.1:{port}")),
         "{kind}: {e}"
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "gave up after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up after {:?}",
+        started.elapsed()
+    );
 }
 
 async fn presigned_url_fetches_the_blob(kind: &str) {
@@ -187,7 +215,10 @@ async fn presigned_url_fetches_the_blob(kind: &str) {
     let store = S3BlobStore::open(&settings(&server, "signed")).await.unwrap();
     let data = bytes_of(510, 70_000);
     let digest = put_blob(&store, "up-signed", &data).await;
-    let url = store.presigned_get(&digest, Duration::from_secs(60)).await.unwrap();
+    let url = store
+        .presigned_get(&digest, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(url.starts_with(&server.endpoint), "{url}");
     assert!(!url.contains(SECRET_KEY), "the secret is in the URL");
     let got = tokio::task::spawn_blocking(move || berth_testkit::clients::http::get(&url, &[]))
@@ -206,7 +237,10 @@ async fn upload_reader_keeps_reading_after_commit(kind: &str) {
     let data = bytes_of(520, 50_000);
     let id = uid("up-fill");
     store.create_upload(&id).await.unwrap();
-    let mut sink = store.append(&id, 0, DigestHasher::new(Algorithm::Sha256)).await.unwrap();
+    let mut sink = store
+        .append(&id, 0, DigestHasher::new(Algorithm::Sha256))
+        .await
+        .unwrap();
     let progress = sink.progress();
     sink.write(Bytes::copy_from_slice(&data[..20_000])).await.unwrap();
     let (n, h) = sink.finish().await.unwrap();
@@ -225,7 +259,11 @@ async fn upload_reader_keeps_reading_after_commit(kind: &str) {
     let mut got = Vec::new();
     while got.len() < data.len() {
         let b = reader.read_at(got.len() as u64, 16_384).await.unwrap();
-        assert!(!b.is_empty(), "{kind}: reader ended at {} after the commit", got.len());
+        assert!(
+            !b.is_empty(),
+            "{kind}: reader ended at {} after the commit",
+            got.len()
+        );
         got.extend_from_slice(&b);
     }
     assert!(got == data, "{kind}: bytes read across the commit differ");
@@ -238,7 +276,10 @@ async fn quarantine_moves_the_blob_out_of_service(kind: &str) {
     let digest = put_blob(&store, "up-q", &bytes_of(530, 1000)).await;
     assert!(store.quarantine(&digest).await.unwrap());
     assert_eq!(store.stat(&digest).await.unwrap(), None);
-    assert!(!store.quarantine(&digest).await.unwrap(), "nothing left to quarantine");
+    assert!(
+        !store.quarantine(&digest).await.unwrap(),
+        "nothing left to quarantine"
+    );
 }
 
 /// Bytes damaged in the bucket: `open_verified` ends in `InvalidData` and withholds the
@@ -275,6 +316,10 @@ async fn open_verified_withholds_the_end_of_damaged_bytes(kind: &str) {
         matches!(last, Err(e) if e.kind() == std::io::ErrorKind::InvalidData),
         "{kind}: damaged bytes must end in InvalidData"
     );
-    let served: usize = items.iter().filter_map(|i| i.as_ref().ok()).map(|b| b.len()).sum();
+    let served: usize = items
+        .iter()
+        .filter_map(|i| i.as_ref().ok())
+        .map(|b| b.len())
+        .sum();
     assert!(served < data.len(), "{kind}: the last chunk was withheld");
 }
