@@ -527,6 +527,21 @@ impl S3Sink {
     }
 }
 
+impl Drop for S3Sink {
+    /// A sink dropped mid-segment (the client went away) abandons its multipart upload;
+    /// abort it so the bucket does not keep invisible parts (a lifecycle rule catches
+    /// what a crash leaves).
+    fn drop(&mut self) {
+        if let Some(m) = self.multipart.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = m.abort().await;
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl BlobSink for S3Sink {
     async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
@@ -571,7 +586,7 @@ impl BlobSink for S3Sink {
 
     async fn finish(mut self: Box<Self>) -> io::Result<(u64, DigestHasher)> {
         self.finish_segment().await?;
-        Ok((self.seg_start, self.hasher))
+        Ok((self.seg_start, self.hasher.clone()))
     }
 }
 

@@ -64,9 +64,12 @@ async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         ),
         BlobBackend::S3 => {
             let settings = config.storage.s3.settings()?;
-            let store = S3BlobStore::open(&settings)
-                .await
-                .with_context(|| format!("opening the S3 blob store ({})", settings.describe()))?;
+            // The store's sentences already name the endpoint and bucket; print one, not
+            // the error chain that repeats it.
+            let store = S3BlobStore::open(&settings).await.map_err(|e| match e {
+                berth_store::StoreError::Io(io) => anyhow::anyhow!("opening the S3 blob store: {io}"),
+                other => anyhow::anyhow!("opening the S3 blob store: {other}"),
+            })?;
             tracing::info!(store = %settings.describe(), prefix = %settings.prefix, "blobs in S3");
             // storage.s3.redirect: the HTTP layer will ask this store for presigned URLs
             // (S3BlobStore::presigned_get); wiring it is separate work.
