@@ -1,6 +1,9 @@
 //! berth with its blobs in S3 (`storage.blobs = "s3"`), on moto's server: real clients
-//! push and pull through it, a restart keeps everything, and two berth processes sharing
-//! the bucket (each with its own SQLite for now) commit the same blob at once.
+//! push and pull through it, a restart keeps everything, two berth processes sharing
+//! the bucket (each with its own SQLite for now) commit the same blob at once, and a
+//! pull-through fill streams into the bucket while concurrent readers wait on it.
+
+mod support;
 
 use std::sync::{Arc, Barrier};
 
@@ -11,11 +14,16 @@ use berth_testkit::images::{
 };
 use berth_testkit::s3::S3Server;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
+use support::BIN;
 
 fn start_berth(s3: &S3Server, prefix: &str) -> TestServer {
+    start_berth_with(s3, prefix, "")
+}
+
+/// `extra` is further TOML tables (after `[storage.s3]`).
+fn start_berth_with(s3: &S3Server, prefix: &str, extra: &str) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let config = s3.berth_config(dir.path(), prefix);
+    let config = format!("{}{extra}", s3.berth_config(dir.path(), prefix));
     TestServer::start_in(dir, BIN, "", &config)
 }
 
@@ -149,4 +157,58 @@ fn two_servers_sharing_a_bucket_commit_the_same_blob_at_once() {
     }
     let leftovers: Vec<String> = s3.moto_keys("shared/uploads/").into_iter().collect();
     assert!(leftovers.is_empty(), "upload areas left behind: {leftovers:?}");
+}
+
+#[test]
+fn pull_through_fill_lands_in_the_bucket_once_for_concurrent_readers() {
+    use berth_testkit::fault::FaultUpstream;
+    let s3 = S3Server::moto();
+    let up = FaultUpstream::start();
+    let repo = "lib/app";
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    // Larger than a multipart part, so the fill streams through several.
+    let layer = support::bytes(7, (18 << 20) + 12_345);
+    let c = up.put_blob(repo, config.clone());
+    let l = up.put_blob(repo, layer.clone());
+    let m = support::image_manifest(&(c, config.len()), &[(l.clone(), layer.len())], "");
+    up.put_manifest(repo, Some("v1"), support::OCI_MANIFEST, m);
+    let reg = start_berth_with(
+        &s3,
+        "cache",
+        &format!("[[upstream]]\nname = \"up.test\"\nurl = \"{}\"\n", up.url()),
+    );
+    let url = reg.url(&format!("/v2/up.test/{repo}/blobs/{l}"));
+    let barrier = Arc::new(Barrier::new(6));
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                http::must_get(&url, &[])
+            })
+        })
+        .collect();
+    for r in readers {
+        let r = r.join().unwrap();
+        assert_eq!(r.status, 200, "{r}");
+        assert!(r.body == layer, "a reader of the fill got other bytes");
+    }
+    assert_eq!(
+        up.requests("GET", &format!("/v2/{repo}/blobs/{l}")),
+        1,
+        "one upstream fetch"
+    );
+    assert_eq!(
+        sha256_digest(&s3.moto_get(&blob_key("cache", &l))),
+        l,
+        "the object"
+    );
+    // Served from the bucket afterwards.
+    let r = http::must_get(&url, &[]);
+    assert!(r.status == 200 && r.body == layer);
+    assert_eq!(up.requests("GET", &format!("/v2/{repo}/blobs/{l}")), 1);
+    assert!(
+        s3.moto_keys("cache/uploads/").is_empty(),
+        "fill areas left behind"
+    );
 }
