@@ -4,12 +4,14 @@
 //! - [`BlobStore`] holds bytes addressed by digest; [`MetaStore`] holds the rows that say
 //!   what exists. A `blobs` row is written only after the BlobStore has committed bytes
 //!   that hashed to its digest.
-//! - Nothing here knows HTTP. Both traits are implemented once per backend (filesystem
-//!   and SQLite today) and every implementation must pass the contract tests in this crate.
+//! - Nothing here knows HTTP. Both traits are implemented once per backend (blobs: the
+//!   filesystem and S3; rows: SQLite) and every implementation must pass the contract
+//!   tests in this crate.
 
 pub mod blob;
 pub mod fs;
 pub mod meta;
+pub mod s3;
 pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};

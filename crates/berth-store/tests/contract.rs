@@ -6,7 +6,8 @@
 //! per implementation, so a new backend (an S3 blob store, a PostgreSQL metadata store)
 //! adds one `blob_store_contract!` or `meta_store_contract!` line and a constructor.
 //! Checks that need to reach behind the trait (the files of the filesystem store) live in
-//! [`fs_only`] and [`sqlite_only`].
+//! [`fs_only`], [`s3_only`] and [`sqlite_only`]. The blob suite runs on the filesystem, on
+//! s3s-fs served inside the test process and on moto's server (a separate Python process).
 
 #[path = "contract/blob.rs"]
 mod blob;
@@ -14,12 +15,15 @@ mod blob;
 mod fs_only;
 #[path = "contract/meta.rs"]
 mod meta;
+#[path = "contract/s3_only.rs"]
+mod s3_only;
 #[path = "contract/sqlite_only.rs"]
 mod sqlite_only;
 
 use std::any::Any;
 
 use berth_store::fs::FsBlobStore;
+use berth_store::s3::{S3BlobStore, S3Settings};
 use berth_store::sqlite::SqliteMeta;
 use berth_store::{BlobStore, MetaStore};
 
@@ -124,5 +128,35 @@ pub async fn sqlite_meta_store() -> (Guard, Box<dyn MetaStore>) {
     (Box::new(dir), Box::new(store))
 }
 
+/// The S3 store on `server`, keys under `prefix`.
+async fn s3_store(server: berth_testkit::s3::S3Server, prefix: &str) -> (Guard, Box<dyn BlobStore>) {
+    let settings = S3Settings {
+        endpoint: Some(server.endpoint.clone()),
+        region: berth_testkit::s3::REGION.to_string(),
+        bucket: server.bucket.clone(),
+        prefix: prefix.to_string(),
+        access_key_id: Some(berth_testkit::s3::ACCESS_KEY.to_string()),
+        secret_access_key: Some(berth_testkit::s3::SECRET_KEY.to_string()),
+        allow_http: true,
+    };
+    let store = S3BlobStore::open(&settings)
+        .await
+        .unwrap_or_else(|e| panic!("open S3BlobStore on {}: {e}", server.kind));
+    (Box::new(server), Box::new(store))
+}
+
+pub async fn s3s_blob_store() -> (Guard, Box<dyn BlobStore>) {
+    s3_store(berth_testkit::s3::S3Server::s3s_fs(), "").await
+}
+
+pub async fn moto_blob_store() -> (Guard, Box<dyn BlobStore>) {
+    let server = tokio::task::spawn_blocking(berth_testkit::s3::S3Server::moto)
+        .await
+        .expect("start moto");
+    s3_store(server, "berth/registry").await
+}
+
 blob_store_contract!(fs_blob, crate::fs_blob_store);
+blob_store_contract!(s3s_blob, crate::s3s_blob_store);
+blob_store_contract!(moto_blob, crate::moto_blob_store);
 meta_store_contract!(sqlite_meta, crate::sqlite_meta_store);

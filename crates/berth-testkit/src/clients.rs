@@ -788,6 +788,15 @@ pub mod http {
         finish(req.call())
     }
 
+    /// GET with arbitrary request headers (`Range`, say).
+    pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        let mut req = agent().get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        finish(req.call())
+    }
+
     pub fn head(url: &str, accept: &[&str]) -> Result<Response, String> {
         let mut req = agent().head(url);
         if !accept.is_empty() {

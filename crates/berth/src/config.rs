@@ -472,6 +472,129 @@ pub struct Server {
 pub struct Storage {
     pub data_dir: PathBuf,
     pub verify_on_read: bool,
+    /// Where blob bytes live.
+    pub blobs: BlobBackend,
+    pub s3: S3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    /// Files under `data_dir`.
+    Fs,
+    /// An S3-compatible bucket, `[storage.s3]`.
+    S3,
+}
+
+/// `[storage.s3]`: the bucket blob bytes live in when `storage.blobs = "s3"`. Credentials
+/// are named (an environment variable or a file), never written here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3 {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub access_key_id_env: String,
+    pub access_key_id_file: PathBuf,
+    pub secret_access_key_env: String,
+    pub secret_access_key_file: PathBuf,
+    pub allow_http: bool,
+    pub redirect: bool,
+    #[serde(deserialize_with = "duration")]
+    pub presign_ttl: Duration,
+}
+
+impl Default for S3 {
+    fn default() -> Self {
+        S3 {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            prefix: String::new(),
+            access_key_id_env: String::new(),
+            access_key_id_file: PathBuf::new(),
+            secret_access_key_env: String::new(),
+            secret_access_key_file: PathBuf::new(),
+            allow_http: false,
+            redirect: false,
+            presign_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl S3 {
+    /// The store's settings with the credentials read from where the configuration
+    /// points. Errors name the key and the variable or file, never the value.
+    pub fn settings(&self) -> anyhow::Result<berth_store::s3::S3Settings> {
+        fn secret(key: &str, env: &str, file: &std::path::Path) -> anyhow::Result<Option<String>> {
+            match (env.is_empty(), file.as_os_str().is_empty()) {
+                (true, true) => Ok(None),
+                (false, true) => std::env::var(env)
+                    .map(Some)
+                    .with_context(|| format!("storage.s3.{key}_env: environment variable {env} is not set")),
+                (true, false) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("storage.s3.{key}_file: reading {}", file.display()))?;
+                    Ok(Some(text.lines().next().unwrap_or("").trim().to_string()))
+                }
+                (false, false) => bail!("storage.s3: set {key}_env or {key}_file, not both"),
+            }
+        }
+        Ok(berth_store::s3::S3Settings {
+            endpoint: (!self.endpoint.is_empty()).then(|| self.endpoint.trim_end_matches('/').to_string()),
+            region: self.region.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.trim_matches('/').to_string(),
+            access_key_id: secret("access_key_id", &self.access_key_id_env, &self.access_key_id_file)?,
+            secret_access_key: secret(
+                "secret_access_key",
+                &self.secret_access_key_env,
+                &self.secret_access_key_file,
+            )?,
+            allow_http: self.allow_http,
+        })
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.bucket.is_empty() {
+            bail!("storage.s3.bucket: must be set when storage.blobs = \"s3\"");
+        }
+        let e = &self.endpoint;
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+            bail!("storage.s3.endpoint: {e:?} must start with http:// or https://");
+        }
+        if e.starts_with("http://") && !self.allow_http {
+            bail!("storage.s3.endpoint: {e:?} is plain HTTP; set storage.s3.allow_http = true to allow it");
+        }
+        if self.region.is_empty() {
+            bail!("storage.s3.region: must not be empty");
+        }
+        let p = self.prefix.trim_matches('/');
+        if !p.is_empty() && p.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            bail!(
+                "storage.s3.prefix: {:?} has an empty, `.` or `..` segment",
+                self.prefix
+            );
+        }
+        for (key, env, file) in [
+            ("access_key_id", &self.access_key_id_env, &self.access_key_id_file),
+            (
+                "secret_access_key",
+                &self.secret_access_key_env,
+                &self.secret_access_key_file,
+            ),
+        ] {
+            if !env.is_empty() && !file.as_os_str().is_empty() {
+                bail!("storage.s3: set {key}_env or {key}_file, not both");
+            }
+        }
+        // S3 signs URLs for at most seven days.
+        if self.presign_ttl.is_zero() || self.presign_ttl > Duration::from_secs(7 * 24 * 3600) {
+            bail!("storage.s3.presign_ttl: must be between 1s and 7 days");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -525,6 +648,8 @@ impl Default for Storage {
         Storage {
             data_dir: PathBuf::from("./berth-data"),
             verify_on_read: true,
+            blobs: BlobBackend::Fs,
+            s3: S3::default(),
         }
     }
 }
@@ -599,6 +724,9 @@ impl Config {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("storage.data_dir: must not be empty");
+        }
+        if self.storage.blobs == BlobBackend::S3 {
+            self.storage.s3.validate()?;
         }
         for (key, d) in [
             ("server.shutdown_timeout", self.server.shutdown_timeout),
@@ -799,6 +927,42 @@ mod tests {
         assert!(err("[limits]\nmax_manifest_bytes = 10").starts_with("limits.max_manifest_bytes:"));
         assert!(err("[nope]\nx = 1").contains("unknown field `nope`"));
         assert!(err("[server]\nlog = \"[[[\"").starts_with("server.log:"));
+    }
+
+    #[test]
+    fn s3_keys() {
+        let s3 = |extra: &str| format!("[storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"b\"\n{extra}");
+        assert!(err("[storage]\nblobs = \"s3\"").starts_with("storage.s3.bucket:"));
+        assert!(err("[storage]\nblobs = \"nfs\"").starts_with("storage.blobs:"));
+        assert!(err(&s3("endpoint = \"ftp://x\"")).starts_with("storage.s3.endpoint:"));
+        assert!(err(&s3("endpoint = \"http://x:9000\"")).contains("allow_http"));
+        assert!(err(&s3("prefix = \"a//b\"")).starts_with("storage.s3.prefix:"));
+        assert!(err(&s3("presign_ttl = \"8d\"")).starts_with("storage.s3.presign_ttl:"));
+        assert!(err(&s3("secret_access_key = \"x\"")).contains("unknown field `secret_access_key`"));
+        assert!(err(&s3("access_key_id_env = \"A\"\naccess_key_id_file = \"f\"")).contains("not both"));
+        let c = Config::parse(&s3(
+            "endpoint = \"http://127.0.0.1:9000/\"\nallow_http = true\nprefix = \"/reg/\"\n\
+             access_key_id_env = \"BERTH_CONFIG_TEST_UNSET_VARIABLE\"\nredirect = true",
+        ))
+        .unwrap();
+        assert_eq!(c.storage.blobs, BlobBackend::S3);
+        assert!(c.storage.s3.redirect);
+        assert_eq!(c.storage.s3.presign_ttl, Duration::from_secs(300));
+        let e = c.storage.s3.settings().unwrap_err().to_string();
+        assert!(e.contains("BERTH_CONFIG_TEST_UNSET_VARIABLE"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cr3t\n").unwrap();
+        let mut s = c.storage.s3.clone();
+        s.access_key_id_env.clear();
+        s.secret_access_key_file = dir.path().join("secret");
+        let settings = s.settings().unwrap();
+        assert_eq!(settings.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(settings.prefix, "reg");
+        assert!(
+            !format!("{settings:?}").contains("s3cr3t"),
+            "Debug shows the secret"
+        );
     }
 
     #[test]
