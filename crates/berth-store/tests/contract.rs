@@ -6,7 +6,7 @@
 //! per implementation, so a new backend (an S3 blob store, a PostgreSQL metadata store)
 //! adds one `blob_store_contract!` or `meta_store_contract!` line and a constructor.
 //! Checks that need to reach behind the trait (the files of the filesystem store) live in
-//! [`fs_only`] and [`sqlite_only`].
+//! [`fs_only`], [`sqlite_only`] and [`postgres_only`].
 
 #[path = "contract/blob.rs"]
 mod blob;
@@ -14,12 +14,15 @@ mod blob;
 mod fs_only;
 #[path = "contract/meta.rs"]
 mod meta;
+#[path = "contract/postgres_only.rs"]
+mod postgres_only;
 #[path = "contract/sqlite_only.rs"]
 mod sqlite_only;
 
 use std::any::Any;
 
 use berth_store::fs::FsBlobStore;
+use berth_store::postgres::PgMeta;
 use berth_store::sqlite::SqliteMeta;
 use berth_store::{BlobStore, MetaStore};
 
@@ -94,6 +97,8 @@ macro_rules! meta_store_contract {
                 uploads_idle_since_compares_last_activity,
                 ping_succeeds,
                 concurrent_put_manifest_to_distinct_tags,
+                job_lock_is_exclusive_until_dropped,
+                fill_lock_waits_for_the_holder,
             );
         }
     };
@@ -124,5 +129,16 @@ pub async fn sqlite_meta_store() -> (Guard, Box<dyn MetaStore>) {
     (Box::new(dir), Box::new(store))
 }
 
+/// A fresh database in this test process's private PostgreSQL cluster
+/// (`berth_testkit::postgres`), migrated by `PgMeta::connect`.
+pub async fn postgres_meta_store() -> (Guard, Box<dyn MetaStore>) {
+    let url = tokio::task::spawn_blocking(|| berth_testkit::postgres::PgCluster::shared().create_database())
+        .await
+        .expect("create a database");
+    let store = PgMeta::connect(&url).await.expect("open PgMeta");
+    (Box::new(()), Box::new(store))
+}
+
 blob_store_contract!(fs_blob, crate::fs_blob_store);
 meta_store_contract!(sqlite_meta, crate::sqlite_meta_store);
+meta_store_contract!(postgres_meta, crate::postgres_meta_store);

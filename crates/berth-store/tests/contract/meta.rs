@@ -947,3 +947,55 @@ pub async fn concurrent_put_manifest_to_distinct_tags(store: &dyn MetaStore) {
     }
     assert_eq!(repos(store).await.len(), 21);
 }
+
+// ---- Coordination ----
+
+pub async fn job_lock_is_exclusive_until_dropped(store: &dyn MetaStore) {
+    let gc = store
+        .try_lock_job("gc")
+        .await
+        .unwrap()
+        .expect("a free job lock is taken");
+    assert!(store.try_lock_job("gc").await.unwrap().is_none(), "held: refused");
+    let scrub = store.try_lock_job("scrub").await.unwrap();
+    assert!(scrub.is_some(), "other jobs are independent");
+    drop(gc);
+    // A PostgreSQL guard releases on the runtime, within moments of the drop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if store.try_lock_job("gc").await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gc lock not released after drop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn fill_lock_waits_for_the_holder(store: &dyn MetaStore) {
+    use std::time::Duration;
+    let (a, b) = (blob("fill-a"), blob("fill-b"));
+    let held = store.lock_fill(&a).await.unwrap();
+    // Another digest is independent.
+    let other = tokio::time::timeout(Duration::from_secs(10), store.lock_fill(&b))
+        .await
+        .expect("another digest's lock is free")
+        .unwrap();
+    drop(other);
+    // The same digest waits while it is held...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), store.lock_fill(&a))
+            .await
+            .is_err(),
+        "a held fill lock must make others wait"
+    );
+    // ...and is granted once it is released.
+    drop(held);
+    let again = tokio::time::timeout(Duration::from_secs(10), store.lock_fill(&a))
+        .await
+        .expect("granted after the holder dropped it")
+        .unwrap();
+    drop(again);
+}
