@@ -94,6 +94,17 @@ pub fn describe(opts: &PgConnectOptions) -> String {
     )
 }
 
+/// [`describe`] for a connection string (`None` if it does not parse).
+pub fn describe_url(url: &str) -> Option<String> {
+    PgConnectOptions::from_str(url).ok().map(|o| describe(&o))
+}
+
+/// Checks that `url` is a PostgreSQL connection string sqlx accepts, without connecting.
+pub fn check_url(url: &str) -> Result<()> {
+    PgConnectOptions::from_str(url)?;
+    Ok(())
+}
+
 impl PgMeta {
     /// Connects to `url` (`postgres://user:pass@host:port/db`) and brings the schema up to
     /// date.
