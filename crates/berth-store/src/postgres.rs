@@ -26,6 +26,8 @@ use crate::{Result, StoreError};
 
 /// Connections per process for queries (coordination locks have their own).
 const POOL_SIZE: u32 = 16;
+/// How long the first connection may take at startup.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of a write transaction that keeps losing serialization conflicts.
 const MAX_ATTEMPTS: u32 = 20;
 
@@ -114,6 +116,18 @@ impl PgMeta {
     }
 
     pub async fn connect_with(opts: PgConnectOptions) -> Result<PgMeta> {
+        // One plain connection first: the pool retries until its timeout and then reports
+        // only that it timed out, where this says why (refused, unknown host, credentials,
+        // missing database).
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer from PostgreSQL within {}s", CONNECT_TIMEOUT.as_secs()),
+                )
+            })??;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(30))
