@@ -99,6 +99,10 @@ macro_rules! meta_store_contract {
                 concurrent_put_manifest_to_distinct_tags,
                 job_lock_is_exclusive_until_dropped,
                 fill_lock_waits_for_the_holder,
+                gc_sweeps_what_nothing_keeps_and_dry_run_matches,
+                tag_details_and_untagged_before,
+                touch_tag_moves_the_checked_time,
+                integrity_queries_page_and_resolve,
             );
         }
     };
