@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,14 @@ pub struct PgMeta {
     /// For coordination locks: each guard holds a connection of its own, outside the pool,
     /// so held or awaited locks never take the connections queries need.
     opts: PgConnectOptions,
+    /// Lock connections whose lock was released cleanly, kept for the next lock (a new
+    /// connection costs a TLS and SCRAM handshake). A connection whose wait was cancelled
+    /// is closed instead, so no lock request outlives its caller.
+    idle_locks: Arc<StdMutex<Vec<PgConnection>>>,
 }
+
+/// Lock connections kept idle at most.
+const IDLE_LOCK_CONNECTIONS: usize = 8;
 
 fn parse_digest(s: &str) -> Result<Digest> {
     Digest::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored digest {s:?}: {e}")))
@@ -134,7 +142,11 @@ impl PgMeta {
             .connect_with(opts.clone())
             .await?;
         migrate_pg(&pool).await?;
-        Ok(PgMeta { pool, opts })
+        Ok(PgMeta {
+            pool,
+            opts,
+            idle_locks: Arc::default(),
+        })
     }
 
     /// A serializable write transaction, holding the writes lock shared.
@@ -148,7 +160,32 @@ impl PgMeta {
     }
 
     async fn lock_connection(&self) -> Result<PgConnection> {
-        Ok(PgConnection::connect_with(&self.opts).await?)
+        loop {
+            let idle = self.idle_locks.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut conn) = idle else {
+                return Ok(PgConnection::connect_with(&self.opts).await?);
+            };
+            // One that went stale while idle (a server restart) is dropped, not used.
+            if conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+    }
+
+    /// Puts back a lock connection that holds no lock.
+    fn keep_idle(&self, conn: PgConnection) {
+        let mut idle = self.idle_locks.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_LOCK_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
+
+    fn held(&self, conn: PgConnection, key: i64) -> LockGuard {
+        LockGuard::new(PgLockHeld {
+            conn: Some(conn),
+            key,
+            idle: Arc::downgrade(&self.idle_locks),
+        })
     }
 }
 
@@ -815,8 +852,16 @@ impl LifecycleMeta for PgMeta {
                 r => break r,
             }
         };
-        // Closing the session releases the lock whatever happened above.
-        let _ = conn.close().await;
+        let unlocked: std::result::Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(writes_key())
+            .fetch_one(&mut conn)
+            .await;
+        if let Ok(true) = unlocked {
+            self.keep_idle(conn);
+        } else {
+            // Closing the session releases the lock whatever state it is in.
+            let _ = conn.close().await;
+        }
         report
     }
 
@@ -1049,6 +1094,7 @@ impl IntegrityMeta for PgMeta {
 struct PgLockHeld {
     conn: Option<PgConnection>,
     key: i64,
+    idle: Weak<StdMutex<Vec<PgConnection>>>,
 }
 
 impl Drop for PgLockHeld {
@@ -1056,15 +1102,25 @@ impl Drop for PgLockHeld {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let key = self.key;
+        let (key, idle) = (self.key, self.idle.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                let unlocked: std::result::Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
                     .bind(key)
-                    .execute(&mut conn)
+                    .fetch_one(&mut conn)
                     .await;
-                if let Err(e) = unlocked {
-                    tracing::warn!(error = %e, "releasing an advisory lock failed; closing its session releases it");
+                match (unlocked, idle.upgrade()) {
+                    (Ok(true), Some(idle)) => {
+                        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+                        if idle.len() < IDLE_LOCK_CONNECTIONS {
+                            idle.push(conn);
+                            return;
+                        }
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "releasing an advisory lock failed; closing its session releases it")
+                    }
+                    _ => {}
                 }
                 let _ = conn.close().await;
             });
@@ -1084,13 +1140,10 @@ impl Coordination for PgMeta {
             .fetch_one(&mut conn)
             .await?;
         if !got {
-            let _ = conn.close().await;
+            self.keep_idle(conn);
             return Ok(None);
         }
-        Ok(Some(LockGuard::new(PgLockHeld {
-            conn: Some(conn),
-            key,
-        })))
+        Ok(Some(self.held(conn, key)))
     }
 
     async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard> {
@@ -1102,10 +1155,7 @@ impl Coordination for PgMeta {
             .bind(key)
             .execute(&mut conn)
             .await?;
-        Ok(LockGuard::new(PgLockHeld {
-            conn: Some(conn),
-            key,
-        }))
+        Ok(self.held(conn, key))
     }
 }
 

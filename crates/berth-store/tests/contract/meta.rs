@@ -103,7 +103,13 @@ impl Man {
     }
 }
 
-async fn put(store: &dyn MetaStore, repo: &RepoName, m: &Man, tag: Option<&Tag>, now: i64) -> PutManifest {
+pub async fn put(
+    store: &dyn MetaStore,
+    repo: &RepoName,
+    m: &Man,
+    tag: Option<&Tag>,
+    now: i64,
+) -> PutManifest {
     store
         .put_manifest(NewManifest {
             repo,

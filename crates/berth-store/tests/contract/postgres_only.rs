@@ -135,3 +135,77 @@ async fn postgres_connect_errors_name_what_failed() {
         "{err}"
     );
 }
+
+/// GC on one replica while another pushes: whatever the interleaving, no stored manifest
+/// references a blob that is not linked in its repository (a push that lost its links to
+/// the collection is refused as `Missing`, never half written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gc_on_one_replica_while_another_pushes() {
+    use berth_store::{BlobMeta, IntegrityMeta, LifecycleMeta, PutManifest};
+    let (_, a, b) = two_replicas().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (a, done) = (a.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut runs = 0u32;
+            while !done.load(Ordering::SeqCst) && runs < 500 {
+                // Rows written at 10 are older than the cutoff, rows written at 5000 newer.
+                a.collect_garbage(&[], 2000, 2000, false).await.expect("gc");
+                runs += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            runs
+        })
+    };
+    let app = repo("team/app");
+    let (mut stored, mut refused) = (0, 0);
+    for i in 0..30 {
+        // Every other push writes its blobs after the cutoff (it must be stored); the rest
+        // race the collection for their links.
+        let now = if i % 2 == 0 { 5000 } else { 10 };
+        let (config, layer) = (blob(&format!("config-{i}")), blob(&format!("layer-{i}")));
+        b.commit_blob(&app, &config, 1, None, now).await.unwrap();
+        b.commit_blob(&app, &layer, 2, None, now).await.unwrap();
+        let m = Man::image(&format!("m{i}"), &config, &[&layer]);
+        let t: berth_oci::Tag = format!("t{i}").parse().unwrap();
+        let out = crate::meta::put(&*b, &app, &m, Some(&t), 1000).await;
+        match out {
+            PutManifest::Stored => stored += 1,
+            PutManifest::Missing(_) => refused += 1,
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let runs = tokio::time::timeout(Duration::from_secs(60), gc)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        runs > 0 && stored > 0,
+        "runs {runs}, stored {stored}, refused {refused}"
+    );
+    let mut after = None;
+    let mut checked = 0;
+    loop {
+        let page = a.refs_page(after.clone(), 100).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.repo.clone(), last.parent.clone(), last.child.clone()));
+        for r in page {
+            let repo = repo(&r.repo);
+            assert!(
+                a.repo_blob_size(&repo, &r.child).await.unwrap().is_some(),
+                "{} references {} ({}), which is not linked",
+                r.parent,
+                r.child,
+                r.kind
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        stored * 2,
+        "every stored manifest kept its two references"
+    );
+    eprintln!("gc runs {runs}, pushes stored {stored}, refused {refused}");
+}
