@@ -209,3 +209,4 @@ async fn postgres_gc_on_one_replica_while_another_pushes() {
     );
     eprintln!("gc runs {runs}, pushes stored {stored}, refused {refused}");
 }
+
