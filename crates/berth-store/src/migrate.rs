@@ -13,26 +13,16 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-macro_rules! migration {
-    ($backend:literal, $version:literal, $name:literal) => {
-        Migration {
-            version: $version,
-            name: $name,
-            sql: include_str!(concat!(
-                "../migrations/",
-                $backend,
-                "/",
-                stringify!($version),
-                "_",
-                $name,
-                ".sql"
-            )),
-        }
-    };
-}
-
-pub(crate) const SQLITE: &[Migration] = &[migration!("sqlite", 0001, "initial")];
-pub(crate) const POSTGRES: &[Migration] = &[migration!("postgres", 0001, "initial")];
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+}];
+pub(crate) const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/postgres/0001_initial.sql"),
+}];
 
 /// Valid in both dialects.
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations(

@@ -1085,7 +1085,7 @@ pub async fn gc_sweeps_what_nothing_keeps_and_dry_run_matches(store: &dyn MetaSt
             .recorded_among(&[l1.clone(), l3.clone(), orphan.clone()])
             .await
             .unwrap(),
-        [l1.clone()]
+        vec![l1.clone()]
     );
 
     // Deletions decided by a rule come first, in the same transaction: the tag goes, then
@@ -1160,7 +1160,7 @@ pub async fn tag_details_and_untagged_before(store: &dyn MetaStore) {
     // Only `old` is unreachable from a tag; `child` is kept by the tagged index.
     assert_eq!(
         store.untagged_before("app", 1000).await.unwrap(),
-        [old.digest.clone()]
+        vec![old.digest.clone()]
     );
     assert!(
         store.untagged_before("app", 50).await.unwrap().is_empty(),
