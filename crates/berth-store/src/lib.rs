@@ -5,19 +5,24 @@
 //!   what exists. A `blobs` row is written only after the BlobStore has committed bytes
 //!   that hashed to its digest.
 //! - Nothing here knows HTTP. Both traits are implemented once per backend (blobs: the
-//!   filesystem and S3; rows: SQLite) and every implementation must pass the contract
-//!   tests in this crate.
+//!   filesystem and S3; rows: SQLite and PostgreSQL) and every implementation must pass
+//!   the contract tests in this crate.
+//! - Both metadata backends take their schema from `migrations/<backend>/` through
+//!   [`migrate`]; neither creates a table anywhere else.
 
 pub mod blob;
 pub mod fs;
 pub mod meta;
+mod migrate;
+pub mod postgres;
 pub mod s3;
 pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore,
-    NewManifest, PutManifest, RefRow, Referrer, Removal, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
+    BlobMeta, Coordination, Deletion, GcReport, IntegrityMeta, LifecycleMeta, LockGuard, ManifestMeta,
+    ManifestRow, MetaStore, NewManifest, PutManifest, RefRow, Referrer, Removal, StorageStats, TagInfo,
+    UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("metadata schema: {0}")]
+    Schema(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

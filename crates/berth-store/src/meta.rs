@@ -259,8 +259,44 @@ pub struct StorageStats {
     pub uploads: u64,
 }
 
+/// Proof that a coordination lock is held; dropping it releases the lock (on PostgreSQL
+/// within moments: the release runs on the runtime, or the lock's session closes).
+pub struct LockGuard {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl LockGuard {
+    pub fn new(held: impl Send + Sync + 'static) -> LockGuard {
+        LockGuard {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+/// Work that must happen once across every process sharing this store (replicas of one
+/// registry). SQLite belongs to one process, so its locks are in-process; PostgreSQL's are
+/// advisory locks, each on a connection of its own that the guard holds, so a replica that
+/// dies releases its locks with its sessions.
 #[async_trait]
-pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta {
+pub trait Coordination: Send + Sync {
+    /// Takes the lock of a job (`gc`, `retention`, `scrub`, ...) if nobody holds it;
+    /// `None` when another holder (here or in another replica) has it.
+    async fn try_lock_job(&self, job: &str) -> Result<Option<LockGuard>>;
+    /// Waits for, then takes, the lock of the upstream fill of `digest`, so one fill per
+    /// digest runs at a time across replicas. Dropping the future while waiting gives up.
+    async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard>;
+}
+
+#[async_trait]
+pub trait MetaStore:
+    BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + Coordination
+{
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;
 }

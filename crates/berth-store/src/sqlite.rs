@@ -1,7 +1,9 @@
 //! The embedded metadata store: SQLite in WAL mode through sqlx.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,46 +14,18 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::meta::*;
+use crate::migrate;
 use crate::{Deletion, StorageStats, TagInfo};
 use crate::{Result, StoreError};
-
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS blobs(
-        digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created_at INTEGER NOT NULL,
-        last_access INTEGER, verified_at INTEGER)",
-    "CREATE TABLE IF NOT EXISTS repositories(
-        name TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'hosted', upstream TEXT,
-        created_at INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS repo_blobs(
-        repo TEXT NOT NULL, digest TEXT NOT NULL, created_at INTEGER NOT NULL,
-        PRIMARY KEY(repo, digest))",
-    "CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs(digest)",
-    "CREATE TABLE IF NOT EXISTS manifests(
-        repo TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL,
-        artifact_type TEXT, subject TEXT, annotations TEXT, size INTEGER NOT NULL,
-        body BLOB NOT NULL, pushed_at INTEGER NOT NULL, last_pulled INTEGER,
-        PRIMARY KEY(repo, digest))",
-    "CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repo, subject) WHERE subject IS NOT NULL",
-    "CREATE TABLE IF NOT EXISTS manifest_refs(
-        repo TEXT NOT NULL, parent TEXT NOT NULL, child TEXT NOT NULL, kind TEXT NOT NULL,
-        PRIMARY KEY(repo, parent, child, kind))",
-    "CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs(repo, child)",
-    "CREATE INDEX IF NOT EXISTS manifest_refs_by_child ON manifest_refs(child)",
-    "CREATE TABLE IF NOT EXISTS tags(
-        repo TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL,
-        updated_at INTEGER NOT NULL, upstream_checked_at INTEGER,
-        PRIMARY KEY(repo, name))",
-    "CREATE INDEX IF NOT EXISTS tags_digest ON tags(repo, digest)",
-    "CREATE TABLE IF NOT EXISTS uploads(
-        id TEXT PRIMARY KEY, repo TEXT NOT NULL, size INTEGER NOT NULL,
-        started_at INTEGER NOT NULL, last_activity INTEGER NOT NULL)",
-];
 
 pub struct SqliteMeta {
     /// Reads (read-only connections).
     pool: SqlitePool,
     /// Writes: one connection, so writers queue here, not on the readers' pool.
     writer: SqlitePool,
+    /// One SQLite file belongs to one process, so coordination stays in it.
+    jobs: Arc<StdMutex<HashSet<String>>>,
+    fills: Arc<StdMutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>>,
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -82,15 +56,18 @@ impl SqliteMeta {
             .acquire_timeout(Duration::from_secs(120))
             .connect_with(opts.clone())
             .await?;
-        for stmt in SCHEMA {
-            sqlx::query(*stmt).execute(&writer).await?;
-        }
+        migrate(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(6)
             .min_connections(1)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteMeta { pool, writer })
+        Ok(SqliteMeta {
+            pool,
+            writer,
+            jobs: Arc::default(),
+            fills: Arc::default(),
+        })
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -98,6 +75,46 @@ impl SqliteMeta {
         // fails half way on a lock upgrade.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// Brings the schema up to date (see [`crate::migrate`]). A database created before
+/// versioned migrations has the tables of version 1 and no `schema_migrations`: it is
+/// recorded as version 1 without running anything.
+async fn migrate(writer: &SqlitePool) -> Result<()> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let recorded: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(migrate::CREATE_TABLE).execute(&mut *tx).await?;
+    if recorded.is_none() {
+        let legacy: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'blobs'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if legacy.is_some() {
+            sqlx::query("INSERT INTO schema_migrations(version, name, applied_at) VALUES (1, ?, ?)")
+                .bind(migrate::SQLITE[0].name)
+                .bind(migrate::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for m in migrate::pending(migrate::SQLITE, &applied)? {
+        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?, ?, ?)")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(migrate::now())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn ensure_repo(tx: &mut Transaction<'static, Sqlite>, repo: &RepoName, now: i64) -> Result<()> {
@@ -880,5 +897,52 @@ impl MetaStore for SqliteMeta {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// Held while a job runs; forgets the name on drop.
+struct JobHeld {
+    jobs: Arc<StdMutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for JobHeld {
+    fn drop(&mut self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
+}
+
+#[async_trait]
+impl Coordination for SqliteMeta {
+    async fn try_lock_job(&self, job: &str) -> Result<Option<LockGuard>> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if !jobs.insert(job.to_string()) {
+            return Ok(None);
+        }
+        Ok(Some(LockGuard::new(JobHeld {
+            jobs: self.jobs.clone(),
+            name: job.to_string(),
+        })))
+    }
+
+    async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard> {
+        let lock = {
+            let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+            // Entries whose lock nobody holds or waits for are dropped as we go, so the map
+            // stays as small as the fills in flight.
+            fills.retain(|_, w| w.strong_count() > 0);
+            match fills.get(digest).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    fills.insert(digest.clone(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        Ok(LockGuard::new(lock.lock_owned().await))
     }
 }

@@ -6,8 +6,9 @@
 //! per implementation, so a new backend (an S3 blob store, a PostgreSQL metadata store)
 //! adds one `blob_store_contract!` or `meta_store_contract!` line and a constructor.
 //! Checks that need to reach behind the trait (the files of the filesystem store) live in
-//! [`fs_only`], [`s3_only`] and [`sqlite_only`]. The blob suite runs on the filesystem, on
-//! s3s-fs served inside the test process and on moto's server (a separate Python process).
+//! [`fs_only`], [`s3_only`], [`sqlite_only`] and [`postgres_only`]. The blob suite runs on
+//! the filesystem, on s3s-fs served inside the test process and on moto's server (a
+//! separate Python process); the metadata suite on SQLite and PostgreSQL.
 
 #[path = "contract/blob.rs"]
 mod blob;
@@ -15,6 +16,8 @@ mod blob;
 mod fs_only;
 #[path = "contract/meta.rs"]
 mod meta;
+#[path = "contract/postgres_only.rs"]
+mod postgres_only;
 #[path = "contract/s3_only.rs"]
 mod s3_only;
 #[path = "contract/sqlite_only.rs"]
@@ -23,6 +26,7 @@ mod sqlite_only;
 use std::any::Any;
 
 use berth_store::fs::FsBlobStore;
+use berth_store::postgres::PgMeta;
 use berth_store::s3::{S3BlobStore, S3Settings};
 use berth_store::sqlite::SqliteMeta;
 use berth_store::{BlobStore, MetaStore};
@@ -98,6 +102,12 @@ macro_rules! meta_store_contract {
                 uploads_idle_since_compares_last_activity,
                 ping_succeeds,
                 concurrent_put_manifest_to_distinct_tags,
+                job_lock_is_exclusive_until_dropped,
+                fill_lock_waits_for_the_holder,
+                gc_sweeps_what_nothing_keeps_and_dry_run_matches,
+                tag_details_and_untagged_before,
+                touch_tag_moves_the_checked_time,
+                integrity_queries_page_and_resolve,
             );
         }
     };
@@ -156,7 +166,18 @@ pub async fn moto_blob_store() -> (Guard, Box<dyn BlobStore>) {
     s3_store(server, "berth/registry").await
 }
 
+/// A fresh database in this test process's private PostgreSQL cluster
+/// (`berth_testkit::postgres`), migrated by `PgMeta::connect`.
+pub async fn postgres_meta_store() -> (Guard, Box<dyn MetaStore>) {
+    let url = tokio::task::spawn_blocking(|| berth_testkit::postgres::PgCluster::shared().create_database())
+        .await
+        .expect("create a database");
+    let store = PgMeta::connect(&url).await.expect("open PgMeta");
+    (Box::new(()), Box::new(store))
+}
+
 blob_store_contract!(fs_blob, crate::fs_blob_store);
 blob_store_contract!(s3s_blob, crate::s3s_blob_store);
 blob_store_contract!(moto_blob, crate::moto_blob_store);
 meta_store_contract!(sqlite_meta, crate::sqlite_meta_store);
+meta_store_contract!(postgres_meta, crate::postgres_meta_store);

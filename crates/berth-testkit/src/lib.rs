@@ -186,5 +186,6 @@ impl Drop for TestServer {
 pub mod clients;
 pub mod fault;
 pub mod images;
+pub mod postgres;
 pub mod s3;
 pub mod token;

@@ -475,6 +475,8 @@ pub struct Storage {
     /// Where blob bytes live.
     pub blobs: BlobBackend,
     pub s3: S3,
+    /// "" or "sqlite": `<data_dir>/berth.db`; a `postgres://` URL: that database.
+    pub metadata: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -597,6 +599,23 @@ impl S3 {
     }
 }
 
+/// Where the metadata store lives, from `storage.metadata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Metadata {
+    Sqlite(PathBuf),
+    /// A connection string (it may hold a password: never print it).
+    Postgres(String),
+}
+
+impl Storage {
+    pub fn metadata(&self) -> Metadata {
+        match self.metadata.as_str() {
+            "" | "sqlite" => Metadata::Sqlite(self.data_dir.join("berth.db")),
+            url => Metadata::Postgres(url.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -650,6 +669,7 @@ impl Default for Storage {
             verify_on_read: true,
             blobs: BlobBackend::Fs,
             s3: S3::default(),
+            metadata: String::new(),
         }
     }
 }
@@ -727,6 +747,16 @@ impl Config {
         }
         if self.storage.blobs == BlobBackend::S3 {
             self.storage.s3.validate()?;
+        }
+        // The value is never echoed: a connection string may carry a password.
+        if let Metadata::Postgres(url) = self.storage.metadata() {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                bail!(
+                    "storage.metadata: expected \"sqlite\" or a postgres://user:password@host:port/database URL"
+                );
+            }
+            berth_store::postgres::check_url(&url)
+                .map_err(|e| anyhow::anyhow!("storage.metadata: not a valid PostgreSQL URL: {e}"))?;
         }
         for (key, d) in [
             ("server.shutdown_timeout", self.server.shutdown_timeout),
@@ -910,6 +940,27 @@ mod tests {
         assert!(err(&u("colour = \"blue\"")).contains("unknown field `colour`"));
     }
 
+    #[test]
+    fn storage_metadata_selects_the_backend() {
+        let c =
+            |v: &str| Config::parse(&format!("[storage]\ndata_dir = \"/d\"\nmetadata = \"{v}\"")).unwrap();
+        let sqlite = Metadata::Sqlite(PathBuf::from("/d/berth.db"));
+        assert_eq!(
+            Config::default().storage.metadata(),
+            Metadata::Sqlite(PathBuf::from("./berth-data/berth.db"))
+        );
+        assert_eq!(c("").storage.metadata(), sqlite);
+        assert_eq!(c("sqlite").storage.metadata(), sqlite);
+        let url = "postgres://berth:pw@db.example:5432/registry";
+        assert_eq!(c(url).storage.metadata(), Metadata::Postgres(url.to_string()));
+        // Errors never repeat the value: it may hold a password.
+        for bad in ["mysql://u:hunter2@h/db", "postgres://u:hunter2@h:notaport/db"] {
+            let e = err(&format!("[storage]\nmetadata = \"{bad}\""));
+            assert!(e.starts_with("storage.metadata:"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
     }
@@ -926,6 +977,7 @@ mod tests {
         assert!(err("[uploads]\nexpire_after = \"soon\"").starts_with("uploads.expire_after:"));
         assert!(err("[limits]\nmax_manifest_bytes = 10").starts_with("limits.max_manifest_bytes:"));
         assert!(err("[nope]\nx = 1").contains("unknown field `nope`"));
+        assert!(err("[storage]\nmetadata = \"mysql://u:hunter2@h/db\"").starts_with("storage.metadata:"));
         assert!(err("[server]\nlog = \"[[[\"").starts_with("server.log:"));
     }
 

@@ -8,15 +8,16 @@ use anyhow::Context;
 use berth_http::{App, HttpMetrics};
 use berth_registry::cache::CacheSource;
 use berth_registry::{Registry, RegistryMetrics, SystemClock};
-use berth_store::BlobStore;
 use berth_store::fs::FsBlobStore;
+use berth_store::postgres::PgMeta;
 use berth_store::s3::S3BlobStore;
 use berth_store::sqlite::SqliteMeta;
+use berth_store::{BlobStore, MetaStore};
 use berth_upstream::{Upstream, UpstreamConfig};
 use prometheus_client::registry::Registry as PromRegistry;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{BlobBackend, Config};
+use crate::config::{BlobBackend, Config, Metadata};
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG")
@@ -78,13 +79,31 @@ async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     })
 }
 
+/// The metadata store `storage.metadata` names. Errors name the key and where it points,
+/// never the password.
+async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+    Ok(match config.storage.metadata() {
+        Metadata::Sqlite(path) => Arc::new(
+            SqliteMeta::open(&path)
+                .await
+                .with_context(|| format!("opening metadata in {}", path.display()))?,
+        ),
+        Metadata::Postgres(url) => {
+            let at = berth_store::postgres::describe_url(&url).unwrap_or_else(|| "postgres://".into());
+            let meta = PgMeta::connect(&url).await.with_context(|| {
+                format!("storage.metadata: cannot open the PostgreSQL metadata store at {at}")
+            })?;
+            tracing::info!(at, "metadata in PostgreSQL");
+            Arc::new(meta)
+        }
+    })
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data = &config.storage.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
     let blobs = open_blobs(&config).await?;
-    let meta = SqliteMeta::open(&data.join("berth.db"))
-        .await
-        .with_context(|| format!("opening metadata in {}", data.join("berth.db").display()))?;
+    let meta = open_metadata(&config).await?;
 
     let mut prometheus = PromRegistry::default();
     let registry_metrics = RegistryMetrics::default();
@@ -98,7 +117,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(
         Registry::new(
             blobs,
-            Arc::new(meta),
+            meta,
             Arc::new(SystemClock),
             berth_registry::Limits {
                 max_manifest_bytes: config.limits.max_manifest_bytes,

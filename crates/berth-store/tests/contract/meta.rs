@@ -103,7 +103,13 @@ impl Man {
     }
 }
 
-async fn put(store: &dyn MetaStore, repo: &RepoName, m: &Man, tag: Option<&Tag>, now: i64) -> PutManifest {
+pub async fn put(
+    store: &dyn MetaStore,
+    repo: &RepoName,
+    m: &Man,
+    tag: Option<&Tag>,
+    now: i64,
+) -> PutManifest {
     store
         .put_manifest(NewManifest {
             repo,
@@ -946,4 +952,329 @@ pub async fn concurrent_put_manifest_to_distinct_tags(store: &dyn MetaStore) {
         assert_row(&by_tag(store, r, "latest").await.unwrap(), m);
     }
     assert_eq!(repos(store).await.len(), 21);
+}
+
+// ---- Coordination ----
+
+pub async fn job_lock_is_exclusive_until_dropped(store: &dyn MetaStore) {
+    let gc = store
+        .try_lock_job("gc")
+        .await
+        .unwrap()
+        .expect("a free job lock is taken");
+    assert!(store.try_lock_job("gc").await.unwrap().is_none(), "held: refused");
+    let scrub = store.try_lock_job("scrub").await.unwrap();
+    assert!(scrub.is_some(), "other jobs are independent");
+    drop(gc);
+    // A PostgreSQL guard releases on the runtime, within moments of the drop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if store.try_lock_job("gc").await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gc lock not released after drop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn fill_lock_waits_for_the_holder(store: &dyn MetaStore) {
+    use std::time::Duration;
+    let (a, b) = (blob("fill-a"), blob("fill-b"));
+    let held = store.lock_fill(&a).await.unwrap();
+    // Another digest is independent.
+    let other = tokio::time::timeout(Duration::from_secs(10), store.lock_fill(&b))
+        .await
+        .expect("another digest's lock is free")
+        .unwrap();
+    drop(other);
+    // The same digest waits while it is held...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), store.lock_fill(&a))
+            .await
+            .is_err(),
+        "a held fill lock must make others wait"
+    );
+    // ...and is granted once it is released.
+    drop(held);
+    let again = tokio::time::timeout(Duration::from_secs(10), store.lock_fill(&a))
+        .await
+        .expect("granted after the holder dropped it")
+        .unwrap();
+    drop(again);
+}
+
+// ---- Lifecycle ----
+
+pub async fn gc_sweeps_what_nothing_keeps_and_dry_run_matches(store: &dyn MetaStore) {
+    use berth_store::Deletion;
+    let app = repo("app");
+    let cache = repo("docker.io/library/cached");
+    let config = commit(store, &app, "config", 1).await;
+    let (l1, l2, l3) = (
+        commit(store, &app, "l1", 10).await,
+        commit(store, &app, "l2", 20).await,
+        commit(store, &app, "l3", 30).await,
+    );
+    let orphan = commit(store, &app, "orphan", 40).await;
+    let tagged = Man::image("tagged", &config, &[&l1]);
+    let child = Man::image("child", &config, &[&l2]);
+    let dead = Man::image("dead", &config, &[&l3]);
+    let sig = Man::referrer("sig", &tagged.digest, Some(SIG), None);
+    put_ok(store, &app, &tagged, Some("v1")).await;
+    put_ok(store, &app, &child, None).await;
+    put_ok(store, &app, &dead, None).await;
+    put_ok(store, &app, &sig, None).await;
+    let idx = Man::index("idx", &[&child.digest]);
+    put_ok(store, &app, &idx, Some("all")).await;
+    // A recent push (after the cutoff) is live though untagged.
+    let recent = Man::with_refs("recent", IMAGE, vec![]);
+    put(store, &app, &recent, None, 5000).await;
+    // A cached repository with its own cutoff.
+    store.mark_cached(&cache, "docker.io", 10).await.unwrap();
+    store
+        .commit_blob(&cache, &blob("cached-layer"), 100, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(store.cached_bytes().await.unwrap(), 100);
+    assert_eq!(
+        store.repositories_by_kind().await.unwrap(),
+        [
+            ("app".to_string(), false),
+            ("docker.io/library/cached".to_string(), true)
+        ]
+    );
+
+    let dry = store.collect_garbage(&[], 2000, 5, true).await.unwrap();
+    assert_eq!(
+        dry.manifests,
+        [("app".to_string(), dead.digest.clone(), dead.body.len() as u64)]
+    );
+    assert_eq!(dry.links, 2, "l3 and the orphan lose their links in app");
+    assert_eq!(
+        dry.blobs,
+        sorted_pairs(vec![(l3.clone(), 30), (orphan.clone(), 40)])
+    );
+    assert_eq!(
+        dry.cached_bytes_after, 100,
+        "the cached link is newer than its cutoff"
+    );
+    assert!(
+        by_digest(store, &app, &dead.digest).await.is_some(),
+        "a dry run changes nothing"
+    );
+    assert_eq!(store.blob_size(&l3).await.unwrap(), Some(30));
+
+    let real = store.collect_garbage(&[], 2000, 5, false).await.unwrap();
+    assert_eq!(real, dry, "the dry run reports exactly what the real run removes");
+    assert!(by_digest(store, &app, &dead.digest).await.is_none());
+    for kept in [&tagged, &child, &idx, &sig, &recent] {
+        assert!(
+            by_digest(store, &app, &kept.digest).await.is_some(),
+            "kept {}",
+            kept.digest
+        );
+    }
+    assert_eq!(store.blob_size(&l3).await.unwrap(), None);
+    assert_eq!(store.blob_size(&orphan).await.unwrap(), None);
+    assert_eq!(store.repo_blob_size(&app, &l1).await.unwrap(), Some(10));
+    assert_eq!(
+        store
+            .recorded_among(&[l1.clone(), l3.clone(), orphan.clone()])
+            .await
+            .unwrap(),
+        vec![l1.clone()]
+    );
+
+    // Deletions decided by a rule come first, in the same transaction: the tag goes, then
+    // the manifest it kept, its referrer and their now unused blob.
+    let report = store
+        .collect_garbage(
+            &[Deletion::Tag {
+                repo: "app".into(),
+                tag: "v1".into(),
+            }],
+            2000,
+            2000,
+            false,
+        )
+        .await
+        .unwrap();
+    let removed: Vec<Digest> = report.manifests.iter().map(|(_, d, _)| d.clone()).collect();
+    assert_eq!(
+        sorted(removed),
+        sorted(vec![tagged.digest.clone(), sig.digest.clone()])
+    );
+    // l1 (config is still used by child) and the cached layer, whose link is older than
+    // the cached cutoff now.
+    assert_eq!(
+        report.blobs,
+        sorted_pairs(vec![(l1.clone(), 10), (blob("cached-layer"), 100)])
+    );
+    assert_eq!(report.cached_bytes_after, 0);
+    // An untagged manifest listed by a live index is not deleted by a rule.
+    let refused = store
+        .collect_garbage(
+            &[Deletion::Manifest {
+                repo: "app".into(),
+                digest: child.digest.clone(),
+            }],
+            0,
+            0,
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(refused.manifests.is_empty(), "{refused:?}");
+}
+
+fn sorted_pairs(mut v: Vec<(Digest, u64)>) -> Vec<(Digest, u64)> {
+    v.sort();
+    v
+}
+
+pub async fn tag_details_and_untagged_before(store: &dyn MetaStore) {
+    let app = repo("app");
+    let config = commit(store, &app, "config", 1).await;
+    let a = Man::image("a", &config, &[]);
+    let b = Man::image("b", &config, &[]);
+    let old = Man::image("old", &config, &[]);
+    let child = Man::image("child", &config, &[]);
+    put(store, &app, &a, Some(&tag("first")), 100).await;
+    put(store, &app, &b, Some(&tag("second")), 100).await;
+    put(store, &app, &a, Some(&tag("newest")), 300).await;
+    put(store, &app, &old, None, 50).await;
+    put(store, &app, &child, None, 50).await;
+    let idx = Man::index("idx", &[&child.digest]);
+    put(store, &app, &idx, Some(&tag("idx")), 60).await;
+    store.touch_pulled(&app, &a.digest, 700).await.unwrap();
+    let details = store.tag_details("app").await.unwrap();
+    let names: Vec<&str> = details.iter().map(|t| t.name.as_str()).collect();
+    // Most recent push first; equal times: the later push first.
+    assert_eq!(names, ["newest", "second", "first", "idx"]);
+    assert_eq!(details[0].digest, a.digest);
+    assert_eq!((details[0].updated_at, details[0].last_pulled), (300, Some(700)));
+    assert_eq!(details[1].last_pulled, None);
+    // Only `old` is unreachable from a tag; `child` is kept by the tagged index.
+    assert_eq!(
+        store.untagged_before("app", 1000).await.unwrap(),
+        vec![old.digest.clone()]
+    );
+    assert!(
+        store.untagged_before("app", 50).await.unwrap().is_empty(),
+        "pushed at 50, not before"
+    );
+}
+
+pub async fn touch_tag_moves_the_checked_time(store: &dyn MetaStore) {
+    let app = repo("docker.io/library/app");
+    store.mark_cached(&app, "docker.io", 1).await.unwrap();
+    let m = Man::with_refs("cached", IMAGE, vec![]);
+    put(store, &app, &m, Some(&tag("latest")), 100).await;
+    assert_eq!(
+        by_tag(store, &app, "latest").await.unwrap().tag_checked_at,
+        Some(100)
+    );
+    store.touch_tag(&app, &tag("latest"), 900).await.unwrap();
+    assert_eq!(
+        by_tag(store, &app, "latest").await.unwrap().tag_checked_at,
+        Some(900)
+    );
+    assert_eq!(
+        store.repositories_by_kind().await.unwrap(),
+        [(app.to_string(), true)]
+    );
+}
+
+// ---- Integrity ----
+
+pub async fn integrity_queries_page_and_resolve(store: &dyn MetaStore) {
+    let (app, other) = (repo("app"), repo("other"));
+    let cache = repo("docker.io/x");
+    store.mark_cached(&cache, "docker.io", 1).await.unwrap();
+    let config = commit(store, &app, "config", 5).await;
+    let layer = commit(store, &app, "layer", 7).await;
+    store.link_blob(&other, &layer, Some(&app), 20).await.unwrap();
+    store.link_blob(&cache, &layer, None, 20).await.unwrap();
+    let img = Man::image("img", &config, &[&layer]);
+    put_ok(store, &app, &img, Some("v1")).await;
+    let idx = Man::index("idx", &[&img.digest]);
+    put_ok(store, &app, &idx, Some("multi")).await;
+    store.create_upload(&uid("u1"), &app, 1).await.unwrap();
+
+    // Blobs in digest order, a page at a time.
+    let mut all = Vec::new();
+    let mut after: Option<Digest> = None;
+    loop {
+        let page = store.blobs_page(after.as_ref(), 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.0.clone());
+        all.extend(page);
+    }
+    assert_eq!(all, sorted_pairs(vec![(config.clone(), 5), (layer.clone(), 7)]));
+    store.mark_verified(&layer, 99).await.unwrap();
+
+    assert_eq!(
+        store.links_of(&layer).await.unwrap(),
+        [
+            ("app".to_string(), false),
+            ("docker.io/x".to_string(), true),
+            ("other".to_string(), false)
+        ]
+    );
+
+    // Every reference, paged by (repo, parent, child).
+    let mut refs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.refs_page(after.clone(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.repo.clone(), last.parent.clone(), last.child.clone()));
+        refs.extend(page);
+    }
+    assert_eq!(refs.len(), 3, "{refs:?}");
+    assert!(
+        refs.iter()
+            .any(|r| r.parent == idx.digest && r.child == img.digest && r.kind == "manifest")
+    );
+    assert!(
+        refs.iter()
+            .any(|r| r.parent == img.digest && r.child == layer && r.kind == "layer")
+    );
+    assert!(refs.iter().all(|r| r.repo == "app" && !r.cached));
+
+    assert_eq!(
+        store.all_tags().await.unwrap(),
+        [
+            ("app".to_string(), "multi".to_string(), idx.digest.clone(), false),
+            ("app".to_string(), "v1".to_string(), img.digest.clone(), false)
+        ]
+    );
+
+    // The layer is used by `img`, reached by its own tag and through the index's.
+    let usages = store.usages(&layer).await.unwrap();
+    assert_eq!(usages.len(), 1);
+    assert_eq!(
+        (usages[0].repo.as_str(), &usages[0].manifest),
+        ("app", &img.digest)
+    );
+    let mut tags_ = usages[0].tags.clone();
+    tags_.sort();
+    assert_eq!(tags_, ["multi", "v1"]);
+    assert!(store.usages(&blob("unused")).await.unwrap().is_empty());
+
+    let st = store.storage_stats().await.unwrap();
+    assert_eq!(
+        (st.hosted_blobs, st.hosted_bytes, st.hosted_manifests),
+        (2, 12, 2)
+    );
+    assert_eq!((st.cached_blobs, st.cached_bytes, st.cached_manifests), (1, 7, 0));
+    assert_eq!(st.uploads, 1);
+
+    store.drop_blob(&layer).await.unwrap();
+    assert_eq!(store.blob_size(&layer).await.unwrap(), None);
+    assert!(store.links_of(&layer).await.unwrap().is_empty());
+    assert_eq!(store.repo_blob_size(&other, &layer).await.unwrap(), None);
 }
