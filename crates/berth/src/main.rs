@@ -7,6 +7,7 @@ mod hosts_toml;
 mod listener;
 mod probe;
 mod serve;
+mod transfer_cli;
 
 use std::path::PathBuf;
 
@@ -74,6 +75,13 @@ enum Command {
     /// against any registry and report what is missing or damaged; once, or every
     /// --interval with Prometheus metrics.
     Probe(probe::ProbeArgs),
+    /// Copy an image (an index and every child, or --platform ones; configs, layers and,
+    /// with --referrers, referrers) between registries, byte for byte, verifying every
+    /// digest; skips what the destination has and resumes a partly sent blob.
+    Copy(transfer_cli::CopyArgs),
+    /// Copy every tag of every repository under a prefix (from the source catalog) to
+    /// another registry, then verify each at the destination the way a client pulls it.
+    Mirror(transfer_cli::MirrorArgs),
     /// Manage an htpasswd file (bcrypt) for `auth.htpasswd`; a running server picks up
     /// changes within seconds.
     Users {
@@ -220,6 +228,9 @@ fn main() -> std::process::ExitCode {
             .map(|files| files.iter().for_each(|f| println!("{}", f.display()))),
         // Its own exit statuses: 1 when a reference is damaged, 2 on usage errors.
         Command::Probe(a) => return probe::run(a),
+        // 0 copied, 1 something left uncopied, 2 usage, 130 interrupted.
+        Command::Copy(a) => return transfer_cli::copy(a),
+        Command::Mirror(a) => return transfer_cli::mirror(a),
         Command::Users { command } => users(command),
         Command::Config {
             command: ConfigCommand::Default,
