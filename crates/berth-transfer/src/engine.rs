@@ -42,7 +42,9 @@ impl std::str::FromStr for Platform {
                 architecture: arch.to_string(),
                 variant: Some(v.to_string()),
             }),
-            _ => Err(format!("{s:?}: expected os/architecture[/variant], e.g. linux/arm64/v8")),
+            _ => Err(format!(
+                "{s:?}: expected os/architecture[/variant], e.g. linux/arm64/v8"
+            )),
         }
     }
 }
@@ -130,7 +132,11 @@ pub async fn copy(
     };
     opts.observer.event(&Event::Started {
         source: format!("{}:{src_ref}", src.describe()),
-        destination: format!("{}{}", dst.describe(), dst_tag.map(|t| format!(":{t}")).unwrap_or_default()),
+        destination: format!(
+            "{}{}",
+            dst.describe(),
+            dst_tag.map(|t| format!(":{t}")).unwrap_or_default()
+        ),
     });
     let top = src.manifest(src_ref).await?;
     check_manifest(src, &top, None)?;
@@ -257,10 +263,7 @@ fn check_manifest(src: &dyn Source, m: &Manifest, desc: Option<&Descriptor>) -> 
         status: None,
     };
     if !m.digest.matches(&m.bytes) {
-        return Err(fail(format!(
-            "the bytes hash to {}",
-            Digest::sha256_of(&m.bytes)
-        )));
+        return Err(fail(format!("the bytes hash to {}", Digest::sha256_of(&m.bytes))));
     }
     if let Some(d) = desc {
         if d.digest != m.digest {
@@ -301,12 +304,13 @@ impl Ctx<'_> {
             {
                 return Ok(());
             }
-            let parsed = manifest::parse(&m.bytes, Some(&m.media_type)).map_err(|e| TransferError::Failed {
-                at: self.src.describe(),
-                what: format!("manifest {}", m.digest),
-                reason: e.to_string(),
-                status: None,
-            })?;
+            let parsed =
+                manifest::parse(&m.bytes, Some(&m.media_type)).map_err(|e| TransferError::Failed {
+                    at: self.src.describe(),
+                    what: format!("manifest {}", m.digest),
+                    reason: e.to_string(),
+                    status: None,
+                })?;
             if media::is_index(&parsed.media_type) {
                 if depth >= MAX_INDEX_DEPTH {
                     return Err(TransferError::Failed {
@@ -426,7 +430,11 @@ impl Ctx<'_> {
                 Err(TransferError::Failed {
                     at: self.dst.describe(),
                     what: format!("{n} blobs"),
-                    reason: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    reason: errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     status: first_status,
                 })
             }
@@ -445,7 +453,10 @@ impl Ctx<'_> {
             return Ok(());
         }
         if self.dst.has_blob(&d.digest).await? {
-            self.report.lock().unwrap_or_else(|e| e.into_inner()).blobs_skipped += 1;
+            self.report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .blobs_skipped += 1;
             obs.event(&Event::BlobSkipped {
                 digest,
                 size: d.size,
@@ -472,8 +483,10 @@ impl Ctx<'_> {
         let result = self.dst.put_blob(self.src, d, &progress).await;
         let start = first.load(Ordering::Relaxed);
         let start = if start == u64::MAX { 0 } else { start };
-        self.sent
-            .fetch_add(last.load(Ordering::Relaxed).saturating_sub(start), Ordering::Relaxed);
+        self.sent.fetch_add(
+            last.load(Ordering::Relaxed).saturating_sub(start),
+            Ordering::Relaxed,
+        );
         result?;
         self.report.lock().unwrap_or_else(|e| e.into_inner()).blobs_copied += 1;
         obs.event(&Event::BlobDone {

@@ -41,7 +41,12 @@ pub enum TransferError {
     /// `what` names the object (`blob sha256:...`, `manifest team/app:v1`); `at` the
     /// registry, layout or archive.
     #[error("{at}: {what}: {reason}")]
-    Failed { at: String, what: String, reason: String, status: Option<u16> },
+    Failed {
+        at: String,
+        what: String,
+        reason: String,
+        status: Option<u16>,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("interrupted")]

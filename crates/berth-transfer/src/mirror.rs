@@ -14,10 +14,10 @@ use berth_oci::{Digest, Pattern, Reference, RepoName, media};
 use berth_upstream::Upstream;
 use futures_util::StreamExt;
 
+use crate::TransferError;
 use crate::engine::{CopyOptions, CopyReport, copy};
 use crate::progress::Observer;
 use crate::registry::{MAX_MANIFEST_BYTES, RegistryDest, RegistrySource, failed};
-use crate::TransferError;
 
 /// One tag to mirror.
 #[derive(Clone, Debug)]
@@ -171,7 +171,11 @@ async fn assess(
             if r.kind == RefKind::Manifest {
                 if depth < 4 && media::is_index(&parsed.media_type) {
                     let (h, b) = src
-                        .get_manifest(&item.src_repo, &Reference::Digest(r.digest.clone()), MAX_MANIFEST_BYTES)
+                        .get_manifest(
+                            &item.src_repo,
+                            &Reference::Digest(r.digest.clone()),
+                            MAX_MANIFEST_BYTES,
+                        )
                         .await
                         .map_err(|e| failed(&at, format!("manifest {}@{}", item.src_repo, r.digest), e))?;
                     queue.push((h.media_type, b, depth + 1));
@@ -236,7 +240,14 @@ pub async fn run(
                     referrers: opts.referrers,
                     observer: opts.observer,
                 };
-                let r = copy(&source, &item.digest.to_string(), &dest, Some(&item.tag), &copy_opts).await;
+                let r = copy(
+                    &source,
+                    &item.digest.to_string(),
+                    &dest,
+                    Some(&item.tag),
+                    &copy_opts,
+                )
+                .await;
                 (item, Some(r))
             }
         })
@@ -251,7 +262,10 @@ mod tests {
 
     #[test]
     fn names_under_a_prefix() {
-        assert_eq!(map_name("team/app", "team", "mirror").as_deref(), Some("mirror/app"));
+        assert_eq!(
+            map_name("team/app", "team", "mirror").as_deref(),
+            Some("mirror/app")
+        );
         assert_eq!(map_name("team", "team", "mirror").as_deref(), Some("mirror"));
         assert_eq!(map_name("teams/app", "team", "mirror"), None);
         assert_eq!(map_name("team/a/b", "team", "").as_deref(), Some("a/b"));

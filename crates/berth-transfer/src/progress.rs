@@ -14,18 +14,43 @@ use serde::Serialize;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A copy of `source` to `destination` begins.
-    Started { source: String, destination: String },
-    BlobStarted { digest: String, size: u64 },
+    Started {
+        source: String,
+        destination: String,
+    },
+    BlobStarted {
+        digest: String,
+        size: u64,
+    },
     /// `sent`: bytes the destination holds so far (a resumed upload starts above 0).
-    BlobProgress { digest: String, sent: u64, size: u64 },
+    BlobProgress {
+        digest: String,
+        sent: u64,
+        size: u64,
+    },
     /// `resumed_from`: the offset a partly sent upload continued from.
-    BlobDone { digest: String, size: u64, resumed_from: Option<u64> },
+    BlobDone {
+        digest: String,
+        size: u64,
+        resumed_from: Option<u64>,
+    },
     /// The destination already had the blob (`exists`), or this copy already sent it
     /// (`copied`).
-    BlobSkipped { digest: String, size: u64, reason: &'static str },
-    ManifestDone { digest: String, media_type: String, tag: Option<String>, skipped: bool },
+    BlobSkipped {
+        digest: String,
+        size: u64,
+        reason: &'static str,
+    },
+    ManifestDone {
+        digest: String,
+        media_type: String,
+        tag: Option<String>,
+        skipped: bool,
+    },
     /// Something the user should know (e.g. what a platform filter did).
-    Note { message: String },
+    Note {
+        message: String,
+    },
     Finished {
         source: String,
         destination: String,
@@ -36,7 +61,9 @@ pub enum Event {
         bytes_sent: u64,
         seconds: f64,
     },
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Receives every event; implementations decide what to show.
@@ -118,7 +145,11 @@ impl Observer for PlainLines {
                     if *size == 0 { 100 } else { sent * 100 / size }
                 )
             }
-            Event::BlobDone { digest, size, resumed_from } => match resumed_from {
+            Event::BlobDone {
+                digest,
+                size,
+                resumed_from,
+            } => match resumed_from {
                 Some(o) => format!(
                     "blob {}: done, {} (resumed at {})",
                     short(digest),
@@ -130,7 +161,9 @@ impl Observer for PlainLines {
             Event::BlobSkipped { digest, reason, .. } => {
                 format!("blob {}: skipped ({})", short(digest), skip_reason(reason))
             }
-            Event::ManifestDone { digest, tag, skipped, .. } => format!(
+            Event::ManifestDone {
+                digest, tag, skipped, ..
+            } => format!(
                 "manifest {}{}{}",
                 digest,
                 tag.as_ref().map(|t| format!(" tagged {t}")).unwrap_or_default(),
@@ -221,9 +254,15 @@ impl Observer for Bars {
                 self.line(format!("blob {}: done, {}", short(digest), human_bytes(*size)));
             }
             Event::BlobSkipped { digest, reason, .. } => {
-                self.line(format!("blob {}: skipped ({})", short(digest), skip_reason(reason)));
+                self.line(format!(
+                    "blob {}: skipped ({})",
+                    short(digest),
+                    skip_reason(reason)
+                ));
             }
-            Event::ManifestDone { digest, tag, skipped, .. } => self.line(format!(
+            Event::ManifestDone {
+                digest, tag, skipped, ..
+            } => self.line(format!(
                 "manifest {}{}{}",
                 digest,
                 tag.as_ref().map(|t| format!(" tagged {t}")).unwrap_or_default(),

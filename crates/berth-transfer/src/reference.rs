@@ -15,7 +15,10 @@ pub enum ImageRef {
     /// `oci-archive:FILE[:tag]`: a tar of an OCI image layout.
     OciArchive { path: PathBuf, tag: Option<String> },
     /// `docker-archive:FILE[:ref]`: what `docker save` writes.
-    DockerArchive { path: PathBuf, reference: Option<String> },
+    DockerArchive {
+        path: PathBuf,
+        reference: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,8 +132,8 @@ pub fn parse_registry(s: &str) -> Result<RegistryRef, String> {
 
 /// `host[:port]`: checked, and whether it is a loopback host (plain HTTP).
 pub fn parse_host(host: &str) -> Result<(String, bool), String> {
-    let url = reqwest::Url::parse(&format!("http://{host}"))
-        .map_err(|e| format!("registry host {host:?}: {e}"))?;
+    let url =
+        reqwest::Url::parse(&format!("http://{host}")).map_err(|e| format!("registry host {host:?}: {e}"))?;
     let host_name = url.host_str().unwrap_or_default();
     if host_name.is_empty()
         || url.path() != "/"
@@ -172,23 +175,47 @@ mod tests {
             Ok(other) => format!("{other:?}"),
             Err(e) => format!("error: {e}"),
         };
-        assert!(got.contains(expect), "{input:?} parsed to {got}, expected {expect}");
+        assert!(
+            got.contains(expect),
+            "{input:?} parsed to {got}, expected {expect}"
+        );
     }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn references() {
-        check("127.0.0.1:5000/a/b:v1", "registry 127.0.0.1:5000 a/b loopback=true tag=Some(\"v1\")");
-        check("docker://localhost/a", "registry localhost a loopback=true tag=None");
+        check(
+            "127.0.0.1:5000/a/b:v1",
+            "registry 127.0.0.1:5000 a/b loopback=true tag=Some(\"v1\")",
+        );
+        check(
+            "docker://localhost/a",
+            "registry localhost a loopback=true tag=None",
+        );
         check("registry.example/team/app", "loopback=false tag=None");
-        check(&format!("[::1]:5000/a@{D}"), &format!("loopback=true tag=None digest={D}"));
-        check(&format!("r.example/a:v1@{D}"), &format!("tag=Some(\"v1\") digest={D}"));
-        check("oci:/tmp/layout:v1", "OciDir { path: \"/tmp/layout\", tag: Some(\"v1\") }");
+        check(
+            &format!("[::1]:5000/a@{D}"),
+            &format!("loopback=true tag=None digest={D}"),
+        );
+        check(
+            &format!("r.example/a:v1@{D}"),
+            &format!("tag=Some(\"v1\") digest={D}"),
+        );
+        check(
+            "oci:/tmp/layout:v1",
+            "OciDir { path: \"/tmp/layout\", tag: Some(\"v1\") }",
+        );
         check("oci:/tmp/layout", "OciDir { path: \"/tmp/layout\", tag: None }");
         check("oci:/tmp/a:b/c", "OciDir { path: \"/tmp/a:b/c\", tag: None }");
-        check("oci-archive:x.tar:t", "OciArchive { path: \"x.tar\", tag: Some(\"t\") }");
-        check("docker-archive:x.tar", "DockerArchive { path: \"x.tar\", reference: None }");
+        check(
+            "oci-archive:x.tar:t",
+            "OciArchive { path: \"x.tar\", tag: Some(\"t\") }",
+        );
+        check(
+            "docker-archive:x.tar",
+            "DockerArchive { path: \"x.tar\", reference: None }",
+        );
         check("alpine:3", "error");
         check("library/alpine", "is not a registry host");
         check("r.example/A", "error");

@@ -122,7 +122,9 @@ impl Source for RegistrySource {
             None => match self.manifest(&fallback_tag(digest)).await {
                 Ok(m) if media::is_index(&m.media_type) => m.bytes,
                 Ok(_) => return Ok(Vec::new()),
-                Err(TransferError::Failed { status: Some(404), .. }) => return Ok(Vec::new()),
+                Err(TransferError::Failed {
+                    status: Some(404), ..
+                }) => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             },
         };
@@ -201,7 +203,9 @@ impl RegistryDest {
 
     /// Written to a temporary name and renamed, so a kill never leaves half a file.
     fn save_state(&self, digest: &Digest, location: &Url) {
-        let Some(file) = self.state_file(digest) else { return };
+        let Some(file) = self.state_file(digest) else {
+            return;
+        };
         let body = serde_json::json!({
             "destination": format!("{}/{}", self.up.base_url(), self.repo),
             "digest": digest.to_string(),
@@ -245,11 +249,7 @@ impl RegistryDest {
         match self.up.upload_status(&self.repo, &session).await {
             Ok(Some(n)) if n > 0 => Ok(Some((session, n))),
             Ok(_) => Ok(None),
-            Err(e) if e.is_transient() => Err(failed(
-                &self.at(),
-                format!("blob {digest}: upload status"),
-                e,
-            )),
+            Err(e) if e.is_transient() => Err(failed(&self.at(), format!("blob {digest}: upload status"), e)),
             // Refused or unreadable: start over.
             Err(_) => Ok(None),
         }
@@ -401,7 +401,12 @@ impl Destination for RegistryDest {
         let what = format!("manifest {} ({reference})", manifest.digest);
         let pushed = self
             .up
-            .put_manifest(&self.repo, &reference, &manifest.media_type, manifest.bytes.clone())
+            .put_manifest(
+                &self.repo,
+                &reference,
+                &manifest.media_type,
+                manifest.bytes.clone(),
+            )
             .await
             .map_err(|e| failed(&at, what.clone(), e))?;
         if let Some(d) = &pushed.digest
@@ -526,7 +531,9 @@ impl Feed {
                         return Err(e);
                     }
                     None => {
-                        let _ = tx.send(Err(std::io::Error::other("the source ended early"))).await;
+                        let _ = tx
+                            .send(Err(std::io::Error::other("the source ended early")))
+                            .await;
                         return Err(self.fail(format!("the source ended after {} bytes", self.sent)));
                     }
                 },
@@ -549,7 +556,9 @@ impl Feed {
         }
         if last {
             if self.leftover.is_some() || self.reader.next().await.is_some() {
-                let _ = tx.send(Err(std::io::Error::other("the source sent too much"))).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other("the source sent too much")))
+                    .await;
                 return Err(self.fail("the source sent more bytes than the manifest says".into()));
             }
             if let Some(h) = self.hasher.take() {

@@ -335,9 +335,9 @@ impl Upstream {
             let resp = self.send(Method::GET, url, remote, None).await?;
             let resp = check_status(resp).await?;
             let next = next_link(&resp, url);
-            let body = read_limited(resp, MAX_LIST_BODY)
-                .await?
-                .ok_or_else(|| UpstreamError::Invalid(format!("{url}: list larger than {MAX_LIST_BODY} bytes")))?;
+            let body = read_limited(resp, MAX_LIST_BODY).await?.ok_or_else(|| {
+                UpstreamError::Invalid(format!("{url}: list larger than {MAX_LIST_BODY} bytes"))
+            })?;
             Ok((body, next))
         })
         .await

@@ -126,7 +126,12 @@ fn state_dir() -> Option<PathBuf> {
         .map(|d| d.join("berth").join("uploads"))
 }
 
-fn client(host: &str, loopback: bool, insecure: bool, creds: Option<(String, String)>) -> Result<Upstream, TransferError> {
+fn client(
+    host: &str,
+    loopback: bool,
+    insecure: bool,
+    creds: Option<(String, String)>,
+) -> Result<Upstream, TransferError> {
     let scheme = if loopback || insecure { "http" } else { "https" };
     let (username, password) = creds.unzip();
     Upstream::new(UpstreamConfig {
@@ -158,7 +163,10 @@ fn open_source(r: &ImageRef, c: &Common) -> Result<(Box<dyn Source>, String), Tr
         ImageRef::Registry(reg) => {
             let creds = side_creds(&reg.host, c.src_creds.as_deref(), "BERTH_SRC_CREDS")?;
             let up = client(&reg.host, reg.loopback, c.insecure, creds)?;
-            Ok((Box::new(RegistrySource::new(up, reg.repo.clone())), reg.reference()))
+            Ok((
+                Box::new(RegistrySource::new(up, reg.repo.clone())),
+                reg.reference(),
+            ))
         }
         _ => Err(not_yet(r)),
     }
@@ -214,7 +222,9 @@ fn exit_for(e: &TransferError) -> ExitCode {
 
 fn report_error(cmd: &str, e: &TransferError, observer: &dyn Observer, json: bool) {
     if json {
-        observer.event(&Event::Error { message: e.to_string() });
+        observer.event(&Event::Error {
+            message: e.to_string(),
+        });
     }
     eprintln!("berth {cmd}: {e}");
 }
@@ -235,7 +245,8 @@ pub fn copy(args: CopyArgs) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let opened = open_source(&src_ref, c).and_then(|s| open_destination(&dst_ref, &src_ref, c).map(|d| (s, d)));
+    let opened =
+        open_source(&src_ref, c).and_then(|s| open_destination(&dst_ref, &src_ref, c).map(|d| (s, d)));
     let ((source, reference), (dest, tag)) = match opened {
         Ok(o) => o,
         Err(e) => {
@@ -351,7 +362,15 @@ pub fn mirror(args: MirrorArgs) -> ExitCode {
     };
     let concurrency = c.concurrency as usize;
     let work = async {
-        let plan = mirror::plan(&src, &src_prefix, &dst, &dst_prefix, pattern.as_ref(), concurrency).await?;
+        let plan = mirror::plan(
+            &src,
+            &src_prefix,
+            &dst,
+            &dst_prefix,
+            pattern.as_ref(),
+            concurrency,
+        )
+        .await?;
         if args.dry_run {
             return Ok((plan, None));
         }
@@ -401,7 +420,12 @@ pub fn mirror(args: MirrorArgs) -> ExitCode {
             return exit_for(&e);
         }
     };
-    let name = |item: &mirror::Item| (format!("{src_host}/{}:{}", item.src_repo, item.tag), format!("{dst_host}/{}:{}", item.dst_repo, item.tag));
+    let name = |item: &mirror::Item| {
+        (
+            format!("{src_host}/{}:{}", item.src_repo, item.tag),
+            format!("{dst_host}/{}:{}", item.dst_repo, item.tag),
+        )
+    };
     let Some(verified) = verified else {
         // --dry-run
         let mut n = 0;
@@ -409,14 +433,20 @@ pub fn mirror(args: MirrorArgs) -> ExitCode {
             let (from, to) = name(item);
             if item.identical {
                 if c.json {
-                    println!("{}", serde_json::json!({"event": "would_skip", "source": from, "destination": to, "digest": item.digest.to_string()}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "would_skip", "source": from, "destination": to, "digest": item.digest.to_string()})
+                    );
                 } else {
                     println!("skip {from} -> {to} (already identical)");
                 }
             } else {
                 n += 1;
                 if c.json {
-                    println!("{}", serde_json::json!({"event": "would_copy", "source": from, "destination": to, "digest": item.digest.to_string(), "bytes": item.bytes}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "would_copy", "source": from, "destination": to, "digest": item.digest.to_string(), "bytes": item.bytes})
+                    );
                 } else {
                     println!("would copy {from} -> {to} ({} bytes)", item.bytes);
                 }
@@ -424,7 +454,10 @@ pub fn mirror(args: MirrorArgs) -> ExitCode {
         }
         let skipped = plan.items.len() - n;
         if c.json {
-            println!("{}", serde_json::json!({"event": "plan", "copy": n, "skip": skipped, "bytes": plan.total_bytes}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "plan", "copy": n, "skip": skipped, "bytes": plan.total_bytes})
+            );
         } else {
             println!(
                 "total: {n} tags to copy, {} bytes ({}), {skipped} already identical",
@@ -453,18 +486,28 @@ pub fn mirror(args: MirrorArgs) -> ExitCode {
             }
         };
         if c.json {
-            println!("{}", serde_json::json!({"event": "tag", "result": result, "source": from, "destination": to, "detail": detail}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "tag", "result": result, "source": from, "destination": to, "detail": detail})
+            );
         } else {
             println!("{result} {from} -> {to}: {detail}");
         }
     }
     if c.json {
-        println!("{}", serde_json::json!({"event": "mirror_finished", "copied": copied, "skipped": skipped, "failed": failed, "bytes_sent": bytes}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "mirror_finished", "copied": copied, "skipped": skipped, "failed": failed, "bytes_sent": bytes})
+        );
     } else {
         println!(
             "mirror: {copied} copied, {skipped} skipped, {failed} failed, {} sent; every copied and skipped tag verified at {dst_host}",
             progress::human_bytes(bytes)
         );
     }
-    if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testkit::TestServer;
-use berth_testkit::clients::{Distribution, Output, Skopeo, docker_ref, push_image_http, push_image_set_http, run};
+use berth_testkit::clients::{
+    Distribution, Output, Skopeo, docker_ref, push_image_http, push_image_set_http, run,
+};
 use berth_testkit::images::{Blob, Flavor, Image, ImageSet, Platform, large_layer};
 use serde_json::{Value, json};
 use support::*;
@@ -46,7 +48,10 @@ fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 /// An artifact manifest (a "signature") whose subject is `subject`, with its blobs.
 fn referrer(subject: &Blob, seed: &str) -> (Blob, Vec<Blob>) {
     let config = Blob::new("application/vnd.oci.empty.v1+json", b"{}".to_vec());
-    let sig = Blob::new("application/vnd.example.signature", format!("signed {seed}").into_bytes());
+    let sig = Blob::new(
+        "application/vnd.example.signature",
+        format!("signed {seed}").into_bytes(),
+    );
     let m = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -71,7 +76,10 @@ fn rehash_all(base: &str, repo: &str, reference: &str) -> BTreeMap<String, u64> 
         let m = req(
             "GET",
             &format!("{base}/v2/{repo}/manifests/{r}"),
-            &[("accept", &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", "))],
+            &[(
+                "accept",
+                &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", "),
+            )],
             None,
         );
         assert_eq!(m.status, 200, "{base} {repo}:{r}: {}", m.text());
@@ -144,7 +152,12 @@ fn referrer_digests(base: &str, repo: &str, digest: &str) -> Vec<String> {
             &[("accept", OCI_INDEX)],
             None,
         );
-        assert_eq!(r.status, 200, "no referrers API and no {tag} tag at {base}: {}", r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "no referrers API and no {tag} tag at {base}: {}",
+            r.text()
+        );
         r.json()
     };
     index["manifests"]
@@ -164,7 +177,10 @@ fn berth_to_distribution_to_berth_keeps_every_digest() {
     let b = TestServer::start(BIN, "");
     let fx = push_fixture(&a.url(""));
 
-    let hops = [(a.addr.clone(), dist.addr.clone()), (dist.addr.clone(), b.addr.clone())];
+    let hops = [
+        (a.addr.clone(), dist.addr.clone()),
+        (dist.addr.clone(), b.addr.clone()),
+    ];
     for (from, to) in &hops {
         for repo in ["team/multi", "team/list", "team/large"] {
             let out = berth(
@@ -205,7 +221,10 @@ fn berth_to_distribution_to_berth_keeps_every_digest() {
     for (repo, set) in [("team/multi", &fx.oci), ("team/list", &fx.docker)] {
         for child in set.child_digests() {
             for addr in addrs {
-                assert_eq!(sha256(&skopeo.inspect_raw(&docker_ref(addr, repo, &child))), child);
+                assert_eq!(
+                    sha256(&skopeo.inspect_raw(&docker_ref(addr, repo, &child))),
+                    child
+                );
             }
         }
     }
@@ -272,14 +291,22 @@ fn interrupted_copy_resumes_without_resending_finished_blobs() {
     assert_eq!(status.code(), Some(1), "copy with the destination gone");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains(&dst.addr), "the failure names the registry: {stderr}");
+    assert!(
+        stderr.contains(&dst.addr),
+        "the failure names the registry: {stderr}"
+    );
     let done_first: BTreeSet<String> = of_kind(&first, "blob_done")
         .iter()
         .map(|e| e["digest"].as_str().unwrap().to_string())
         .collect();
     assert!(!done_first.contains(&large_digest));
-    assert!(!done_first.is_empty(), "some blob finished before the stop: {first:?}");
-    let state = std::fs::read_dir(cache.path().join("berth/uploads")).unwrap().count();
+    assert!(
+        !done_first.is_empty(),
+        "some blob finished before the stop: {first:?}"
+    );
+    let state = std::fs::read_dir(cache.path().join("berth/uploads"))
+        .unwrap()
+        .count();
     assert_eq!(state, 1, "one partly sent upload remembered");
 
     // Second run after a restart: finishes, re-sends nothing finished, resumes the large blob.
@@ -288,11 +315,15 @@ fn interrupted_copy_resumes_without_resending_finished_blobs() {
     let second = events(&out);
     for d in &done_first {
         assert!(
-            of_kind(&second, "blob_skipped").iter().any(|e| e["digest"] == d.as_str()),
+            of_kind(&second, "blob_skipped")
+                .iter()
+                .any(|e| e["digest"] == d.as_str()),
             "{d} finished in the first run, skipped in the second: {second:?}"
         );
         assert!(
-            !of_kind(&second, "blob_started").iter().any(|e| e["digest"] == d.as_str()),
+            !of_kind(&second, "blob_started")
+                .iter()
+                .any(|e| e["digest"] == d.as_str()),
             "{d} was sent again"
         );
     }
@@ -301,16 +332,31 @@ fn interrupted_copy_resumes_without_resending_finished_blobs() {
         .find(|e| e["digest"] == large_digest.as_str())
         .expect("the large blob finished in the second run");
     let offset = resumed["resumed_from"].as_u64().expect("it resumed");
-    assert!(offset >= 8 << 20 && offset % (8 << 20) == 0, "resumed at {offset}");
+    assert!(
+        offset >= 8 << 20 && offset % (8 << 20) == 0,
+        "resumed at {offset}"
+    );
     let finished = of_kind(&second, "finished");
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["digest"], image.manifest.digest.as_str());
     let sent = finished[0]["bytes_sent"].as_u64().unwrap();
     let large_size = image.layers[1].blob.size() as u64;
-    assert_eq!(sent, large_size - offset, "only the rest of the large blob was sent");
-    assert_eq!(std::fs::read_dir(cache.path().join("berth/uploads")).unwrap().count(), 0);
+    assert_eq!(
+        sent,
+        large_size - offset,
+        "only the rest of the large blob was sent"
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("berth/uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
     let skopeo = Skopeo::new();
-    assert_eq!(sha256(&skopeo.inspect_raw(&docker_ref(&dst.addr, "app", "v1"))), image.manifest.digest);
+    assert_eq!(
+        sha256(&skopeo.inspect_raw(&docker_ref(&dst.addr, "app", "v1"))),
+        image.manifest.digest
+    );
     let blobs = rehash_all(&dst.url(""), "app", "v1");
     assert!(blobs.contains_key(&large_digest));
 }
@@ -361,15 +407,24 @@ fn mirror_dry_run_lists_what_the_run_copies_then_verifies() {
     let dry = berth(&["mirror", "--dry-run", &from, &to], cache.path()).ok();
     assert_eq!(listed(&dry, "would copy "), expected, "{dry}");
     assert!(
-        dry.stdout_str().contains(&format!("total: 100 tags to copy, {total} bytes")),
+        dry.stdout_str()
+            .contains(&format!("total: 100 tags to copy, {total} bytes")),
         "expected {total} bytes: {dry}"
     );
     assert!(!dry.stdout_str().contains("other/app"));
-    assert_eq!(get(&dst.url("/v2/_catalog")).json()["repositories"], json!([]), "the dry run copied nothing");
+    assert_eq!(
+        get(&dst.url("/v2/_catalog")).json()["repositories"],
+        json!([]),
+        "the dry run copied nothing"
+    );
 
     let out = berth(&["mirror", "--concurrency", "4", &from, &to], cache.path()).ok();
     assert_eq!(listed(&out, "copied "), expected, "{out}");
-    assert!(out.stdout_str().contains("mirror: 100 copied, 0 skipped, 0 failed"), "{out}");
+    assert!(
+        out.stdout_str()
+            .contains("mirror: 100 copied, 0 skipped, 0 failed"),
+        "{out}"
+    );
     for (name, digest) in &digests {
         let (repo, tag) = name.split_once(':').unwrap();
         let r = req(
@@ -385,13 +440,39 @@ fn mirror_dry_run_lists_what_the_run_copies_then_verifies() {
 
     let again = berth(&["mirror", &from, &to], cache.path()).ok();
     assert_eq!(listed(&again, "skipped "), expected, "{again}");
-    assert!(again.stdout_str().contains("mirror: 0 copied, 100 skipped, 0 failed"), "{again}");
+    assert!(
+        again
+            .stdout_str()
+            .contains("mirror: 0 copied, 100 skipped, 0 failed"),
+        "{again}"
+    );
     let dry = berth(&["mirror", "--dry-run", &from, &to], cache.path()).ok();
-    assert!(dry.stdout_str().contains("total: 0 tags to copy, 0 bytes"), "{dry}");
+    assert!(
+        dry.stdout_str().contains("total: 0 tags to copy, 0 bytes"),
+        "{dry}"
+    );
 
     // --tags narrows the set.
-    let only = berth(&["mirror", "--dry-run", "--tags", "/^v[01]$/", &from, &format!("{}/m2", dst.addr)], cache.path()).ok();
-    assert_eq!(only.stdout_str().lines().filter(|l| l.starts_with("would copy ")).count(), 40, "{only}");
+    let only = berth(
+        &[
+            "mirror",
+            "--dry-run",
+            "--tags",
+            "/^v[01]$/",
+            &from,
+            &format!("{}/m2", dst.addr),
+        ],
+        cache.path(),
+    )
+    .ok();
+    assert_eq!(
+        only.stdout_str()
+            .lines()
+            .filter(|l| l.starts_with("would copy "))
+            .count(),
+        40,
+        "{only}"
+    );
 }
 
 #[test]
@@ -419,7 +500,10 @@ fn failures_name_the_registry_and_the_status() {
     assert!(out.stderr.contains("blob sha256:"), "names the blob: {out}");
 
     // Wrong credentials: the same, said by the token server.
-    let out = berth(&["copy", "--quiet", "--dest-creds", "alice:wrong", &from, &to], cache.path());
+    let out = berth(
+        &["copy", "--quiet", "--dest-creds", "alice:wrong", &from, &to],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(1), "{out}");
     assert!(out.stderr.contains("401"), "{out}");
 
@@ -447,7 +531,10 @@ fn failures_name_the_registry_and_the_status() {
     let r = req(
         "HEAD",
         &locked.url("/v2/app2/manifests/v1"),
-        &[("accept", OCI_MANIFEST), ("authorization", &format!("Basic {auth}"))],
+        &[
+            ("accept", OCI_MANIFEST),
+            ("authorization", &format!("Basic {auth}")),
+        ],
         None,
     );
     assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
@@ -455,7 +542,10 @@ fn failures_name_the_registry_and_the_status() {
     // A missing source manifest: 404, named.
     let out = berth(&["copy", &format!("{}/app:nope", src.addr), &to], cache.path());
     assert_eq!(out.status.code(), Some(1), "{out}");
-    assert!(out.stderr.contains("404") && out.stderr.contains(&src.addr), "{out}");
+    assert!(
+        out.stderr.contains("404") && out.stderr.contains(&src.addr),
+        "{out}"
+    );
 
     // Usage errors: exit status 2.
     for bad in [
@@ -485,7 +575,11 @@ fn json_events_are_json_lines_and_platform_filter_copies_the_child() {
     push_image_set_http(&src.url(""), "multi", "v1", &set);
     let from = format!("{}/multi:v1", src.addr);
 
-    let out = berth(&["copy", "--json", &from, &format!("{}/multi:v1", dst.addr)], cache.path()).ok();
+    let out = berth(
+        &["copy", "--json", &from, &format!("{}/multi:v1", dst.addr)],
+        cache.path(),
+    )
+    .ok();
     let ev = events(&out);
     assert!(ev.iter().all(|e| e["event"].is_string()));
     assert_eq!(ev.first().unwrap()["event"], "started");
@@ -496,13 +590,22 @@ fn json_events_are_json_lines_and_platform_filter_copies_the_child() {
     // Children before the index, the tag last.
     let manifests: Vec<&Value> = of_kind(&ev, "manifest_done");
     assert_eq!(manifests.last().unwrap()["tag"], "v1");
-    let pos = |d: &str| manifests.iter().position(|m| m["digest"] == d && m["tag"].is_null()).unwrap();
+    let pos = |d: &str| {
+        manifests
+            .iter()
+            .position(|m| m["digest"] == d && m["tag"].is_null())
+            .unwrap()
+    };
     for c in set.child_digests() {
         assert!(pos(&c) < pos(&set.index.digest));
     }
 
     // Again: everything is there.
-    let out = berth(&["copy", "--json", &from, &format!("{}/multi:v1", dst.addr)], cache.path()).ok();
+    let out = berth(
+        &["copy", "--json", &from, &format!("{}/multi:v1", dst.addr)],
+        cache.path(),
+    )
+    .ok();
     let ev = events(&out);
     assert_eq!(of_kind(&ev, "blob_skipped").len(), n_blobs);
     assert_eq!(of_kind(&ev, "blob_started").len(), 0);
@@ -510,15 +613,40 @@ fn json_events_are_json_lines_and_platform_filter_copies_the_child() {
     // --platform: only the arm64 child, tagged; the index is not copied, and it says so.
     let arm = set.image("arm64");
     let out = berth(
-        &["copy", "--json", "--platform", "linux/arm64", &from, &format!("{}/arm:v1", dst.addr)],
+        &[
+            "copy",
+            "--json",
+            "--platform",
+            "linux/arm64",
+            &from,
+            &format!("{}/arm:v1", dst.addr),
+        ],
         cache.path(),
     )
     .ok();
     let ev = events(&out);
-    assert!(of_kind(&ev, "note")[0]["message"].as_str().unwrap().contains("not copied"));
-    let r = req("HEAD", &dst.url("/v2/arm/manifests/v1"), &[("accept", OCI_MANIFEST)], None);
-    assert_eq!(r.header("docker-content-digest"), Some(arm.manifest.digest.as_str()));
-    let r = req("HEAD", &dst.url(&format!("/v2/arm/manifests/{}", set.index.digest)), &[("accept", OCI_INDEX)], None);
+    assert!(
+        of_kind(&ev, "note")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not copied")
+    );
+    let r = req(
+        "HEAD",
+        &dst.url("/v2/arm/manifests/v1"),
+        &[("accept", OCI_MANIFEST)],
+        None,
+    );
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(arm.manifest.digest.as_str())
+    );
+    let r = req(
+        "HEAD",
+        &dst.url(&format!("/v2/arm/manifests/{}", set.index.digest)),
+        &[("accept", OCI_INDEX)],
+        None,
+    );
     assert_eq!(r.status, 404);
 
     // The plain output (not a terminal) is lines on stderr and a summary on stdout.
