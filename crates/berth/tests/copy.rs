@@ -654,3 +654,66 @@ fn json_events_are_json_lines_and_platform_filter_copies_the_child() {
     assert!(out.stdout_str().starts_with("copied "), "{out}");
     assert!(out.stderr.contains("manifest sha256:"), "{out}");
 }
+
+#[test]
+fn sigint_stops_with_130_and_the_next_run_resumes() {
+    let cache = tempfile::tempdir().unwrap();
+    let src = TestServer::start(BIN, "");
+    let dst = TestServer::start(BIN, "");
+    let big = large_layer(Flavor::Oci, "sigint-large", 96 << 20);
+    let image = Image::from_layers(Flavor::Oci, Platform::linux_amd64(), "sigint", vec![big]);
+    push_image_http(&src.url(""), "app", "v1", &image);
+    let large_digest = image.layers[0].blob.digest.clone();
+    let from = format!("{}/app:v1", src.addr);
+    let to = format!("{}/app:v1", dst.addr);
+    let args = ["copy", "--json", "--chunk-size", "4194304", &from, &to];
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("DOCKER_CONFIG", cache.path().join("none"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut signalled = false;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if !signalled
+            && e["event"] == "blob_progress"
+            && e["digest"] == large_digest.as_str()
+            && e["sent"].as_u64().unwrap() >= 16 << 20
+        {
+            let st = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            signalled = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(signalled, "never saw the large blob in flight");
+    assert_eq!(status.code(), Some(130));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("berth/uploads"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    let out = berth(&args, cache.path()).ok();
+    let ev = events(&out);
+    let done = of_kind(&ev, "blob_done")
+        .into_iter()
+        .find(|e| e["digest"] == large_digest.as_str())
+        .expect("the large blob finished");
+    assert!(done["resumed_from"].as_u64().unwrap() >= 4 << 20, "{done}");
+    assert_eq!(
+        sha256(&Skopeo::new().inspect_raw(&docker_ref(&dst.addr, "app", "v1"))),
+        image.manifest.digest
+    );
+    rehash_all(&dst.url(""), "app", "v1");
+}
