@@ -19,6 +19,11 @@ use crate::engine::{CopyOptions, CopyReport, copy};
 use crate::progress::Observer;
 use crate::registry::{MAX_MANIFEST_BYTES, RegistryDest, RegistrySource, failed};
 
+/// A repository's source and destination names and its tags.
+type Listed = (RepoName, RepoName, Vec<String>);
+/// A tag, and the blobs (digest, size) the destination lacks.
+type Assessed = (Item, Vec<(Digest, u64)>);
+
 /// One tag to mirror.
 #[derive(Clone, Debug)]
 pub struct Item {
@@ -81,18 +86,17 @@ pub async fn plan(
     repos.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
 
     let mut wanted: Vec<(RepoName, RepoName, String)> = Vec::new();
-    let listed: Vec<Result<(RepoName, RepoName, Vec<String>), TransferError>> =
-        futures_util::stream::iter(repos)
-            .map(|(s, d)| async {
-                let tags = src
-                    .tags(&s)
-                    .await
-                    .map_err(|e| failed(&at, format!("tags of {s}"), e))?;
-                Ok((s, d, tags))
-            })
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
+    let listed: Vec<Result<Listed, TransferError>> = futures_util::stream::iter(repos)
+        .map(|(s, d)| async {
+            let tags = src
+                .tags(&s)
+                .await
+                .map_err(|e| failed(&at, format!("tags of {s}"), e))?;
+            Ok((s, d, tags))
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
     for r in listed {
         let (s, d, mut t) = r?;
         t.sort();
@@ -104,7 +108,7 @@ pub async fn plan(
     }
 
     let counted: Mutex<HashSet<(RepoName, Digest)>> = Mutex::new(HashSet::new());
-    let items: Vec<Result<(Item, Vec<(Digest, u64)>), TransferError>> = futures_util::stream::iter(wanted)
+    let items: Vec<Result<Assessed, TransferError>> = futures_util::stream::iter(wanted)
         .map(|(s, d, tag)| assess(src, dst, s, d, tag))
         .buffered(concurrency.max(1))
         .collect()
@@ -131,7 +135,7 @@ async fn assess(
     src_repo: RepoName,
     dst_repo: RepoName,
     tag: String,
-) -> Result<(Item, Vec<(Digest, u64)>), TransferError> {
+) -> Result<Assessed, TransferError> {
     let at = src.name().to_string();
     let reference: Reference = tag
         .parse()

@@ -74,7 +74,7 @@ impl Source for RegistrySource {
             .up
             .get_manifest(&self.repo, &r, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| failed(&self.up.name().to_string(), what(), e))?;
+            .map_err(|e| failed(self.up.name(), what(), e))?;
         Ok(Manifest {
             bytes,
             media_type: head.media_type,
