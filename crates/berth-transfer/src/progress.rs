@@ -170,8 +170,8 @@ impl Observer for PlainLines {
                 if *skipped { " (already there)" } else { "" }
             ),
             Event::Note { message } => message.clone(),
-            Event::Finished { .. } => return,
-            Event::Error { message } => format!("error: {message}"),
+            // The command prints errors and its summary itself.
+            Event::Finished { .. } | Event::Error { .. } => return,
         };
         eprintln!("{line}");
     }
@@ -184,10 +184,12 @@ fn skip_reason(reason: &str) -> &str {
     }
 }
 
-/// indicatif bars on stderr: one per blob in flight and one overall.
+/// indicatif bars on stderr: one per blob in flight and one overall (shown from the first
+/// blob sent on).
 pub struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
+    overall_shown: std::sync::atomic::AtomicBool,
     blobs: Mutex<HashMap<String, (ProgressBar, u64)>>,
 }
 
@@ -200,7 +202,8 @@ impl Default for Bars {
 impl Bars {
     pub fn new() -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::new(0));
+        // Hidden until added to `multi` (which then draws it).
+        let overall = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
         overall.set_style(
             ProgressStyle::with_template(
                 "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
@@ -212,6 +215,7 @@ impl Bars {
         Bars {
             multi,
             overall,
+            overall_shown: std::sync::atomic::AtomicBool::new(false),
             blobs: Mutex::new(HashMap::new()),
         }
     }
@@ -226,6 +230,12 @@ impl Observer for Bars {
         let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
         match e {
             Event::BlobStarted { digest, size } => {
+                if !self
+                    .overall_shown
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    self.multi.add(self.overall.clone());
+                }
                 self.overall.inc_length(*size);
                 let bar = self.multi.insert_before(&self.overall, ProgressBar::new(*size));
                 bar.set_style(
@@ -269,8 +279,8 @@ impl Observer for Bars {
                 if *skipped { " (already there)" } else { "" }
             )),
             Event::Note { message } => self.line(message.clone()),
-            Event::Error { message } => self.line(format!("error: {message}")),
-            Event::Finished { .. } => {
+            // Cleared so the command's own message is not drawn over; it prints errors.
+            Event::Error { .. } | Event::Finished { .. } => {
                 for (_, (bar, _)) in blobs.drain() {
                     bar.finish_and_clear();
                 }

@@ -220,12 +220,11 @@ fn exit_for(e: &TransferError) -> ExitCode {
     }
 }
 
-fn report_error(cmd: &str, e: &TransferError, observer: &dyn Observer, json: bool) {
-    if json {
-        observer.event(&Event::Error {
-            message: e.to_string(),
-        });
-    }
+/// The observer first (JSON lines get an `error` event; bars are cleared), then stderr.
+fn report_error(cmd: &str, e: &TransferError, observer: &dyn Observer) {
+    observer.event(&Event::Error {
+        message: e.to_string(),
+    });
     eprintln!("berth {cmd}: {e}");
 }
 
@@ -241,7 +240,7 @@ pub fn copy(args: CopyArgs) -> ExitCode {
     let (src_ref, dst_ref) = match sides {
         Ok(s) => s,
         Err(e) => {
-            report_error("copy", &TransferError::Usage(e), observer.as_ref(), c.json);
+            report_error("copy", &TransferError::Usage(e), observer.as_ref());
             return ExitCode::from(USAGE);
         }
     };
@@ -250,7 +249,7 @@ pub fn copy(args: CopyArgs) -> ExitCode {
     let ((source, reference), (dest, tag)) = match opened {
         Ok(o) => o,
         Err(e) => {
-            report_error("copy", &e, observer.as_ref(), c.json);
+            report_error("copy", &e, observer.as_ref());
             return exit_for(&e);
         }
     };
@@ -293,16 +292,14 @@ pub fn copy(args: CopyArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(TransferError::Interrupted) => {
-            if c.json {
-                observer.event(&Event::Error {
-                    message: "interrupted".into(),
-                });
-            }
+            observer.event(&Event::Error {
+                message: "interrupted".into(),
+            });
             eprintln!("berth copy: interrupted; run the same command again to resume");
             ExitCode::from(INTERRUPTED)
         }
         Err(e) => {
-            report_error("copy", &e, observer.as_ref(), c.json);
+            report_error("copy", &e, observer.as_ref());
             exit_for(&e)
         }
     }
@@ -416,7 +413,7 @@ pub fn mirror(args: MirrorArgs) -> ExitCode {
             return ExitCode::from(INTERRUPTED);
         }
         Err(e) => {
-            report_error("mirror", &e, observer.as_ref(), c.json);
+            report_error("mirror", &e, observer.as_ref());
             return exit_for(&e);
         }
     };
