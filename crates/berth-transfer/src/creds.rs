@@ -81,7 +81,9 @@ pub fn from_auth_file(text: &[u8], host: &str) -> Result<Option<(String, String)
             .decode(auth.trim())
             .map_err(|e| format!("auths.{key}.auth is not base64: {e}"))?;
         let pair = String::from_utf8(decoded).map_err(|_| format!("auths.{key}.auth is not UTF-8"))?;
-        return parse_pair(&pair).map(Some).map_err(|e| format!("auths.{key}.auth: {e}"));
+        return parse_pair(&pair)
+            .map(Some)
+            .map_err(|e| format!("auths.{key}.auth: {e}"));
     }
     Ok(None)
 }

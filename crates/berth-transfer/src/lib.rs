@@ -7,14 +7,24 @@
 //! destination receives.
 
 pub mod archive;
+pub mod creds;
 pub mod docker_archive;
+pub mod engine;
 pub mod layout;
+pub mod mirror;
+pub mod progress;
+pub mod reference;
+pub mod registry;
 
 use std::pin::Pin;
 
 use berth_oci::{Descriptor, Digest};
 use bytes::Bytes;
 use futures_util::Stream;
+
+pub use engine::{CopyOptions, CopyReport, Platform, copy};
+pub use progress::{Event, Observer};
+pub use reference::{ImageRef, RegistryRef};
 
 /// A blob's bytes as they arrive.
 pub type BlobReader = Pin<Box<dyn Stream<Item = Result<Bytes, TransferError>> + Send>>;
@@ -75,6 +85,11 @@ pub trait Destination: Send + Sync {
         desc: &Descriptor,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), TransferError>;
+    /// The offset the last `put_blob` of `digest` continued a partly sent upload from,
+    /// if it did (for progress reports).
+    fn resumed_from(&self, _digest: &Digest) -> Option<u64> {
+        None
+    }
     async fn has_manifest(&self, digest: &Digest) -> Result<bool, TransferError>;
     /// Stores a manifest under its digest and, when `tag` is given, that tag.
     async fn put_manifest(&self, manifest: &Manifest, tag: Option<&str>) -> Result<(), TransferError>;

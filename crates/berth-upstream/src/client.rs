@@ -95,6 +95,8 @@ impl fmt::Debug for BlobStream {
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<Inner>,
+    /// The actions asked of token servers: `pull`, or `pull,push` for copies.
+    actions: &'static str,
 }
 
 struct Inner {
@@ -171,11 +173,26 @@ impl Upstream {
                 tokens: TokenCache::default(),
                 basic_upstream: AtomicBool::new(false),
             }),
+            actions: "pull",
         })
     }
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The same registry (connections and credentials shared) asking token servers for
+    /// `pull,push`, as a copy destination must.
+    pub fn pushing(&self) -> Upstream {
+        Upstream {
+            inner: self.inner.clone(),
+            actions: "pull,push",
+        }
+    }
+
+    /// `scheme://authority` of the registry.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
     }
 
     /// The repository name as the upstream knows it: with `library_prefix`, `alpine` is
@@ -330,13 +347,13 @@ impl Upstream {
         .await
     }
 
-    fn url(&self, path: &str) -> Result<Url, UpstreamError> {
+    pub(crate) fn url(&self, path: &str) -> Result<Url, UpstreamError> {
         let s = format!("{}{path}", self.inner.base);
         Url::parse(&s).map_err(|e| UpstreamError::Invalid(format!("{s}: {e}")))
     }
 
     /// Runs a whole call within `request_timeout`.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, UpstreamError>>,
     ) -> Result<T, UpstreamError> {
@@ -349,23 +366,40 @@ impl Upstream {
         })
     }
 
-    /// Sends a request with the best credential known for `remote`'s pull scope; on a 401,
-    /// answers the challenge and retries once.
-    async fn send(
+    /// Sends a request with the best credential known for `remote`'s scope (pull, or
+    /// pull and push for a client made with [`Upstream::pushing`]); on a 401, answers the
+    /// challenge and retries once.
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: &Url,
         remote: &RepoName,
         accept: Option<&str>,
     ) -> Result<Response, UpstreamError> {
-        let scope = format!("repository:{remote}:pull");
+        self.send_with(method, url, remote, |req| {
+            Ok(match accept {
+                Some(accept) => req.header(ACCEPT, accept),
+                None => req,
+            })
+        })
+        .await
+    }
+
+    /// Like [`Upstream::send`], with the request completed by `build` (headers, body).
+    /// `build` runs again for the retry after a 401; a streamed body that cannot be sent
+    /// twice says so with an error.
+    pub(crate) async fn send_with(
+        &self,
+        method: Method,
+        url: &Url,
+        remote: &RepoName,
+        mut build: impl FnMut(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, UpstreamError>,
+    ) -> Result<Response, UpstreamError> {
+        let scope = format!("repository:{remote}:{}", self.actions);
         let mut credential = self.known_credential(&scope);
         let mut answered = false;
         loop {
-            let mut req = self.inner.http.request(method.clone(), url.clone());
-            if let Some(accept) = accept {
-                req = req.header(ACCEPT, accept);
-            }
+            let mut req = build(self.inner.http.request(method.clone(), url.clone()))?;
             req = match (&credential, &self.inner.credentials) {
                 (Credential::Bearer(token), _) => req.bearer_auth(token),
                 (Credential::Basic, Some((user, password))) => req.basic_auth(user, Some(password)),
@@ -497,7 +531,7 @@ impl Upstream {
 
 /// Success passes; anything else becomes the matching error, with the upstream's OCI
 /// error code and message when its body has them.
-async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
+pub(crate) async fn check_status(resp: Response) -> Result<Response, UpstreamError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
@@ -546,7 +580,7 @@ async fn error_body(resp: Response) -> (Option<String>, Option<String>) {
 }
 
 /// `: CODE message` for an error answer, or nothing.
-async fn error_summary(resp: Response) -> String {
+pub(crate) async fn error_summary(resp: Response) -> String {
     match error_body(resp).await {
         (None, None) => String::new(),
         (code, message) => format!(
@@ -558,7 +592,7 @@ async fn error_summary(resp: Response) -> String {
 }
 
 /// Reads a whole body of at most `max` bytes; `None` if it is longer.
-async fn read_limited(mut resp: Response, max: u64) -> Result<Option<Bytes>, UpstreamError> {
+pub(crate) async fn read_limited(mut resp: Response, max: u64) -> Result<Option<Bytes>, UpstreamError> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::from_reqwest)? {
         if (buf.len() + chunk.len()) as u64 > max {
@@ -573,7 +607,7 @@ fn too_large(url: &Url, max: u64) -> UpstreamError {
     UpstreamError::Invalid(format!("{url}: manifest larger than {max} bytes"))
 }
 
-fn content_digest(headers: &HeaderMap) -> Result<Option<Digest>, UpstreamError> {
+pub(crate) fn content_digest(headers: &HeaderMap) -> Result<Option<Digest>, UpstreamError> {
     let Some(v) = headers.get(header::CONTENT_DIGEST) else {
         return Ok(None);
     };
@@ -583,7 +617,7 @@ fn content_digest(headers: &HeaderMap) -> Result<Option<Digest>, UpstreamError> 
         .map_err(|e| UpstreamError::Invalid(format!("{}: {e}", header::CONTENT_DIGEST)))
 }
 
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, UpstreamError> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, UpstreamError> {
     let Some(v) = headers.get(CONTENT_LENGTH) else {
         return Ok(None);
     };
@@ -594,7 +628,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, UpstreamError> {
         .ok_or_else(|| UpstreamError::Invalid(format!("Content-Length {v:?} is not a number")))
 }
 
-fn manifest_media_type(headers: &HeaderMap, url: &Url) -> Result<String, UpstreamError> {
+pub(crate) fn manifest_media_type(headers: &HeaderMap, url: &Url) -> Result<String, UpstreamError> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -611,7 +645,7 @@ fn manifest_media_type(headers: &HeaderMap, url: &Url) -> Result<String, Upstrea
 
 /// The body as a stream that ends cleanly only after exactly `expected` bytes (when
 /// known); reqwest's `read_timeout` bounds each wait for a chunk.
-fn exact_length(
+pub(crate) fn exact_length(
     resp: Response,
     expected: Option<u64>,
     url: Url,

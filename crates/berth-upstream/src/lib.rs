@@ -1,5 +1,5 @@
 //! The client berth uses to talk to remote registries: the pull-through cache and
-//! `berth probe` (later `copy`).
+//! `berth probe`, `berth copy` and `berth mirror`.
 //!
 //! ```text
 //! Upstream::new(UpstreamConfig) -> Result<Upstream, UpstreamError>     cheap to clone
@@ -9,6 +9,16 @@
 //!   .get_manifest(&RepoName, &Reference, max_bytes) -> (ManifestHead, Bytes)
 //!   .get_blob(&RepoName, &Digest) -> BlobStream { size, body }      streamed, never buffered
 //!   .head_blob(&RepoName, &Digest) -> u64                           size, without the bytes
+//!   .pushing() -> Upstream                      same registry, tokens for pull,push
+//!   .get_blob_from(repo, digest, offset) -> BlobStream              Range: bytes=offset-
+//!   .blob_exists / .manifest_exists -> Option<..>                   HEAD, 404 is None
+//!   .start_upload(repo, mount) -> UploadStart::{Mounted, Session(url)}
+//!   .upload_status(repo, url) -> Option<u64>    bytes held; None: session lost
+//!   .upload_chunk(repo, url, offset, len, body) -> next url        PATCH + Content-Range
+//!   .finish_upload(repo, url, digest, offset, len, body)           PUT ?digest=
+//!   .put_manifest(repo, reference, media_type, bytes) -> PushedManifest
+//!   .referrers(repo, digest, max) -> Option<Bytes>                 404 is None
+//!   .catalog() / .tags(repo) -> Vec<String>                        Link pages followed
 //! BlobStream::next_chunk() -> Option<Result<Bytes, UpstreamError>>
 //! UpstreamError::{is_transient, is_not_found}
 //! ```
@@ -47,6 +57,8 @@
 mod auth;
 mod client;
 mod error;
+mod push;
 
 pub use client::{BlobStream, ManifestHead, Upstream, UpstreamConfig};
 pub use error::UpstreamError;
+pub use push::{PushedManifest, UploadStart};

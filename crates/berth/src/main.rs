@@ -8,6 +8,7 @@ mod hosts_toml;
 mod listener;
 mod probe;
 mod serve;
+mod transfer_cli;
 
 use std::path::PathBuf;
 
@@ -81,6 +82,13 @@ enum Command {
     /// Push an archive (OCI layout archive, plain, gzip or zstd, or `docker save`) into a
     /// registry; tags move only once every image is complete.
     Import(archive_cli::ImportArgs),
+    /// Copy an image (an index and every child, or --platform ones; configs, layers and,
+    /// with --referrers, referrers) between registries, byte for byte, verifying every
+    /// digest; skips what the destination has and resumes a partly sent blob.
+    Copy(transfer_cli::CopyArgs),
+    /// Copy every tag of every repository under a prefix (from the source catalog) to
+    /// another registry, then verify each at the destination the way a client pulls it.
+    Mirror(transfer_cli::MirrorArgs),
     /// Manage an htpasswd file (bcrypt) for `auth.htpasswd`; a running server picks up
     /// changes within seconds.
     Users {
@@ -229,6 +237,9 @@ fn main() -> std::process::ExitCode {
         Command::Probe(a) => return probe::run(a),
         Command::Export(a) => archive_cli::export(a),
         Command::Import(a) => archive_cli::import(a),
+        // 0 copied, 1 something left uncopied, 2 usage, 130 interrupted.
+        Command::Copy(a) => return transfer_cli::copy(a),
+        Command::Mirror(a) => return transfer_cli::mirror(a),
         Command::Users { command } => users(command),
         Command::Config {
             command: ConfigCommand::Default,

@@ -249,12 +249,12 @@ fn setup(args: &ProbeArgs) -> anyhow::Result<Vec<(Target, Upstream)>> {
 
 /// What one probe of one reference found.
 #[derive(Debug, Default)]
-struct Outcome {
-    manifests: u64,
-    blobs: u64,
+pub(crate) struct Outcome {
+    pub manifests: u64,
+    pub blobs: u64,
     /// Manifests and blobs: what a full pull transfers.
-    bytes: u64,
-    problems: Vec<String>,
+    pub bytes: u64,
+    pub problems: Vec<String>,
 }
 
 impl Outcome {
@@ -328,10 +328,16 @@ fn platforms(index: &[u8]) -> HashMap<Digest, String> {
 
 /// Pulls `t` the way a client does and collects every problem on the way.
 async fn probe(up: &Upstream, t: &Target, verify: bool) -> Outcome {
+    walk(up, &t.repo, &t.reference, verify).await
+}
+
+/// Pulls `repo:reference` the way a client does and collects every problem on the way
+/// (also what `berth mirror` verifies each tag with).
+pub(crate) async fn walk(up: &Upstream, repo: &RepoName, reference: &Reference, verify: bool) -> Outcome {
     let mut out = Outcome::default();
     let mut queue = VecDeque::from([Pending {
         path: Vec::new(),
-        reference: t.reference.clone(),
+        reference: reference.clone(),
         size: None,
         depth: 0,
     }]);
@@ -345,7 +351,7 @@ async fn probe(up: &Upstream, t: &Target, verify: bool) -> Outcome {
         } else {
             "child manifest"
         };
-        let (head, bytes) = match up.get_manifest(&t.repo, &p.reference, MAX_MANIFEST_BYTES).await {
+        let (head, bytes) = match up.get_manifest(repo, &p.reference, MAX_MANIFEST_BYTES).await {
             Ok(got) => got,
             Err(e) => {
                 out.problems.push(format!("{label}: {}", describe(&e, what)));
@@ -419,7 +425,7 @@ async fn probe(up: &Upstream, t: &Target, verify: bool) -> Outcome {
     let mut tasks = tokio::task::JoinSet::new();
     let n = blobs.len();
     for (i, b) in blobs.into_iter().enumerate() {
-        let (up, repo, limit) = (up.clone(), t.repo.clone(), limit.clone());
+        let (up, repo, limit) = (up.clone(), repo.clone(), limit.clone());
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let result = check_blob(&up, &repo, &b.digest, b.size, verify).await;
