@@ -14,8 +14,8 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore,
-    NewManifest, PutManifest, RefRow, Referrer, Removal, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
+    BlobMeta, BrowseMeta, CachedTag, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore,
+    NewManifest, PutManifest, RefRow, Referrer, Removal, RepoSummary, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]
