@@ -186,4 +186,5 @@ impl Drop for TestServer {
 pub mod clients;
 pub mod fault;
 pub mod images;
+pub mod seed;
 pub mod token;
