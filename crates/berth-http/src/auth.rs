@@ -82,7 +82,10 @@ impl<'a> Facts<'a> {
         Facts {
             headers: &p.headers,
             uri: &p.uri,
-            remote: p.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip()),
+            remote: p
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip()),
             tls: p.extensions.get::<Transport>().is_some_and(|t| t.tls),
         }
     }

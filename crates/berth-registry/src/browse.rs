@@ -38,7 +38,12 @@ impl Registry {
     /// The bytes of a small blob of `repo` (an image config), through the pull path (sizes
     /// and, with verify-on-read, digests checked). `None` when it is not held here or is
     /// larger than `max` bytes.
-    pub async fn small_blob(self: &Arc<Self>, repo: &RepoName, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
+    pub async fn small_blob(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>> {
         match self.meta.repo_blob_size(repo, digest).await? {
             Some(size) if size <= max => {}
             _ => return Ok(None),

@@ -5,11 +5,11 @@
 //! nothing of HTTP; berth-http turns its results and [`RegistryError`]s into responses.
 
 mod blobs;
+mod browse;
 pub mod cache;
 mod error;
 pub mod integrity;
 pub mod lifecycle;
-mod browse;
 mod manifests;
 pub mod metrics;
 mod runs;

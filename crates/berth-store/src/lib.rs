@@ -14,8 +14,9 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, BrowseMeta, CachedTag, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta, ManifestRow, MetaStore,
-    NewManifest, PutManifest, RefRow, Referrer, Removal, RepoSummary, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
+    BlobMeta, BrowseMeta, CachedTag, Deletion, GcReport, IntegrityMeta, LifecycleMeta, ManifestMeta,
+    ManifestRow, MetaStore, NewManifest, PutManifest, RefRow, Referrer, Removal, RepoSummary, StorageStats,
+    TagInfo, UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]

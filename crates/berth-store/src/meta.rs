@@ -299,7 +299,9 @@ pub trait BrowseMeta: Send + Sync {
 }
 
 #[async_trait]
-pub trait MetaStore: BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + BrowseMeta {
+pub trait MetaStore:
+    BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + BrowseMeta
+{
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;
 }

@@ -102,11 +102,18 @@ pub async fn repositories(data_dir: &Path, repos: usize, tags: usize) -> Seeded 
             for d in [config, base] {
                 meta.link_blob(&repo, &d.0, None, t0).await.expect("link_blob");
             }
-            let own = blob(&blobs, &meta, &repo, &format!("seed-{r}"), {
-                let mut v = format!("layer of repository {r}\n").into_bytes();
-                v.resize(1024 + r, b'x');
-                v
-            }, t0)
+            let own = blob(
+                &blobs,
+                &meta,
+                &repo,
+                &format!("seed-{r}"),
+                {
+                    let mut v = format!("layer of repository {r}\n").into_bytes();
+                    v.resize(1024 + r, b'x');
+                    v
+                },
+                t0,
+            )
             .await;
             let refs = [
                 (RefKind::Config, config),

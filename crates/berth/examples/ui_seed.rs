@@ -19,7 +19,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let num = |i: usize, default: usize| -> anyhow::Result<usize> {
         args.get(i)
-            .map(|s| s.parse().with_context(|| format!("argument {i} {s:?} is not a count")))
+            .map(|s| {
+                s.parse()
+                    .with_context(|| format!("argument {i} {s:?} is not a count"))
+            })
             .unwrap_or(Ok(default))
     };
     let (repos, tags) = (num(1, 1000)?, num(2, 20)?);

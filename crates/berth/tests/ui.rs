@@ -55,7 +55,7 @@ impl Browser {
             json!({
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1440,900", "--hide-scrollbars",
+                         "--window-size=1440,900", "--hide-scrollbars", "--screen-info={0,0 1440x5000}",
                          format!("--user-data-dir={}", profile.path().display())],
             }),
         );
@@ -80,7 +80,10 @@ impl Browser {
     }
 
     async fn goto(&self, url: &str) -> String {
-        self.c().goto(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        self.c()
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         self.c().source().await.unwrap()
     }
 
@@ -117,6 +120,18 @@ impl Browser {
             .click()
             .await
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Clicks `css`, then waits (bounded) for `then` to appear on the page it leads to: a
+    /// click returns before the navigation it starts has finished.
+    async fn click_to(&self, css: &str, then: &str) {
+        self.click(css).await;
+        self.c()
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(then))
+            .await
+            .unwrap_or_else(|e| panic!("after clicking {css}, no {then}: {e}"));
     }
 
     /// Screenshots of the page now loaded at phone and desktop widths, whole pages (the
@@ -200,10 +215,16 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     // A multi-platform OCI index, a Docker manifest list, and an artifact referring to the index.
     let oci = ImageSet::multi_platform(Flavor::Oci, "ui-oci");
     oci.write_oci_layout(&tmp.path().join("oci"), "v1");
-    skopeo.copy_all(&format!("oci:{}:v1", tmp.path().join("oci").display()), &dest("team/app", "v1"));
+    skopeo.copy_all(
+        &format!("oci:{}:v1", tmp.path().join("oci").display()),
+        &dest("team/app", "v1"),
+    );
     let docker = ImageSet::multi_platform(Flavor::Docker, "ui-docker");
     docker.write_dir(&tmp.path().join("docker"));
-    skopeo.copy_all(&format!("dir:{}", tmp.path().join("docker").display()), &dest("team/app", "list"));
+    skopeo.copy_all(
+        &format!("dir:{}", tmp.path().join("docker").display()),
+        &dest("team/app", "list"),
+    );
     let empty = push_blob(&b, "team/app", b"{}");
     let index = oci.index_digest().to_string();
     let referrer = format!(
@@ -212,7 +233,14 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     );
     let referrer_digest = sha256(referrer.as_bytes());
     assert_eq!(
-        put_manifest(&b, "team/app", &referrer_digest, OCI_MANIFEST, referrer.as_bytes()).status,
+        put_manifest(
+            &b,
+            "team/app",
+            &referrer_digest,
+            OCI_MANIFEST,
+            referrer.as_bytes()
+        )
+        .status,
         201
     );
     // Pulled twice through the cache: a fill, then hits.
@@ -229,14 +257,20 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     br.goto(&s.url("/ui/")).await;
     assert_eq!(br.text("#ready").await, "ready");
     let src = br.c().source().await.unwrap();
-    assert!(src.contains("<svg class=\"chart\""), "the storage chart is inline SVG");
+    assert!(
+        src.contains("<svg class=\"chart\""),
+        "the storage chart is inline SVG"
+    );
     br.shoot("overview").await;
 
     // The repository list: both repositories, with their tag counts.
     br.goto(&s.url("/ui/repos")).await;
     assert_eq!(br.attr("#repo-count", "data-total").await, "2");
     assert_eq!(br.text(r#"tr[data-repo="team/app"] td.tags"#).await, "2");
-    assert_eq!(br.text(r#"tr[data-repo="up.test/library/hello"] td.tags"#).await, "1");
+    assert_eq!(
+        br.text(r#"tr[data-repo="up.test/library/hello"] td.tags"#).await,
+        "1"
+    );
     br.shoot("repos").await;
     // Search and sort.
     br.goto(&s.url("/ui/repos?q=hello&sort=size")).await;
@@ -247,16 +281,25 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     br.goto(&s.url("/ui/repos/team/app")).await;
     let v1 = r#"tr[data-tag="v1"]"#;
     assert_eq!(br.attr(v1, "data-digest").await, index);
-    assert_eq!(br.attr(&format!("{v1} td[data-label=Type] span"), "title").await, OCI_INDEX);
+    assert_eq!(
+        br.attr(&format!("{v1} td[data-label=Type] span"), "title").await,
+        OCI_INDEX
+    );
     let platforms = br.text(&format!("{v1} td.platforms")).await;
     for img in &oci.images {
         assert!(platforms.contains(&platform(&img.platform)), "{platforms}");
     }
     let total: u64 = oci.images.iter().map(image_size).sum();
-    assert_eq!(br.attr(&format!("{v1} [data-bytes]"), "data-bytes").await, total.to_string());
+    assert_eq!(
+        br.attr(&format!("{v1} [data-bytes]"), "data-bytes").await,
+        total.to_string()
+    );
     let list = r#"tr[data-tag="list"]"#;
     assert_eq!(br.attr(list, "data-digest").await, docker.index_digest());
-    assert_eq!(br.text(&format!("{list} td[data-label=Type]")).await, "Docker list");
+    assert_eq!(
+        br.text(&format!("{list} td[data-label=Type]")).await,
+        "Docker list"
+    );
     // Pull commands for the tag and the digest, for each client.
     let src = br.c().source().await.unwrap();
     for cmd in [
@@ -272,28 +315,48 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     br.shoot("repo").await;
 
     // The index: its children with platforms, and the referrer.
-    br.goto(&s.url(&format!("/ui/repos/team/app/-/manifests/{index}"))).await;
+    br.goto(&s.url(&format!("/ui/repos/team/app/-/manifests/{index}")))
+        .await;
     assert_eq!(br.text("#digest").await, index);
     for img in &oci.images {
         let row = format!(r#"#children tr[data-digest="{}"]"#, img.manifest.digest);
-        assert_eq!(br.text(&format!("{row} td.platform")).await, platform(&img.platform));
+        assert_eq!(
+            br.text(&format!("{row} td.platform")).await,
+            platform(&img.platform)
+        );
     }
     let r = format!(r#"#referrers tr[data-digest="{referrer_digest}"]"#);
-    assert_eq!(br.text(&format!("{r} td[data-label='Artifact type']")).await, "application/vnd.example.sbom");
+    assert_eq!(
+        br.text(&format!("{r} td[data-label='Artifact type']")).await,
+        "application/vnd.example.sbom"
+    );
     br.shoot("manifest-index").await;
 
     // One platform's image: layers with sizes and media types, the config summary.
     let amd64 = oci.image("amd64");
-    br.goto(&s.url(&format!("/ui/repos/team/app/-/manifests/{}", amd64.manifest.digest))).await;
+    br.goto(&s.url(&format!(
+        "/ui/repos/team/app/-/manifests/{}",
+        amd64.manifest.digest
+    )))
+    .await;
     assert_eq!(br.count("#layers tr[data-digest]").await, amd64.layers.len());
     for l in &amd64.layers {
         let row = format!(r#"#layers tr[data-digest="{}"]"#, l.blob.digest);
-        assert_eq!(br.attr(&format!("{row} [data-bytes]"), "data-bytes").await, l.blob.size().to_string());
-        assert_eq!(br.text(&format!("{row} td[data-label='Media type']")).await, l.blob.media_type);
+        assert_eq!(
+            br.attr(&format!("{row} [data-bytes]"), "data-bytes").await,
+            l.blob.size().to_string()
+        );
+        assert_eq!(
+            br.text(&format!("{row} td[data-label='Media type']")).await,
+            l.blob.media_type
+        );
     }
     let config = br.text("#config").await;
     for want in ["linux/amd64", "/bin/hello", "2023-11-14T22:13:20Z"] {
-        assert!(config.contains(want), "{want} not in the config summary: {config}");
+        assert!(
+            config.contains(want),
+            "{want} not in the config summary: {config}"
+        );
     }
     assert!(br.c().source().await.unwrap().contains("org.example.berth.seed"));
     br.shoot("manifest-image").await;
@@ -301,8 +364,16 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     // The cache: one upstream with its requests, bytes and the cached tag's freshness.
     br.goto(&s.url("/ui/cache")).await;
     let row = r#"#upstreams tr[data-upstream="up.test"]"#;
-    let hits: u64 = br.text(&format!("{row} td[data-label=Hits]")).await.parse().unwrap();
-    let misses: u64 = br.text(&format!("{row} td[data-label=Misses]")).await.parse().unwrap();
+    let hits: u64 = br
+        .text(&format!("{row} td[data-label=Hits]"))
+        .await
+        .parse()
+        .unwrap();
+    let misses: u64 = br
+        .text(&format!("{row} td[data-label=Misses]"))
+        .await
+        .parse()
+        .unwrap();
     assert!(hits >= 3 && misses >= 3, "hits {hits}, misses {misses}");
     assert!(br.text("#fresh").await.contains("fresh"));
     br.shoot("cache").await;
@@ -314,28 +385,49 @@ async fn pages_show_what_skopeo_pushed_and_deletes_go_through() {
     br.shoot("health").await;
 
     // A GC dry run from the UI (loopback, access control off).
-    br.click("a[href='/ui/runs/gc']").await;
-    br.click("#run").await;
+    br.click_to("a[href='/ui/runs/gc']", "#run").await;
+    br.click_to("#run", "#summary").await;
     let summary = br.text("#summary").await;
     assert!(summary.contains("would be removed"), "{summary}");
     br.shoot("gc-dry-run").await;
 
     // Delete the tag `list` through the UI: the button, the confirmation, then the API agrees.
     br.goto(&s.url("/ui/repos/team/app")).await;
-    br.click(&format!("{list} a.danger")).await;
+    br.click_to(&format!("{list} a.danger"), "#confirm-delete").await;
     assert!(br.c().source().await.unwrap().contains("Are you sure"));
     br.shoot("confirm-delete").await;
-    br.click("#confirm-delete").await;
-    assert!(br.c().current_url().await.unwrap().path().ends_with("/ui/repos/team/app"));
+    br.click_to("#confirm-delete", "h1.name").await;
+    assert!(
+        br.c()
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/ui/repos/team/app")
+    );
     assert_eq!(br.count(list).await, 0, "the tag is gone from the page");
     assert_eq!(get(&format!("{b}/v2/team/app/manifests/list")).status, 404);
-    assert_eq!(get(&format!("{b}/v2/team/app/manifests/{}", docker.index_digest())).status, 200);
+    assert_eq!(
+        get(&format!("{b}/v2/team/app/manifests/{}", docker.index_digest())).status,
+        200
+    );
     // Then the (now untagged) list itself, from its manifest page.
-    br.goto(&s.url(&format!("/ui/repos/team/app/-/manifests/{}", docker.index_digest()))).await;
-    br.click("a.danger").await;
-    br.click("#confirm-delete").await;
-    assert_eq!(get(&format!("{b}/v2/team/app/manifests/{}", docker.index_digest())).status, 404);
-    assert_eq!(get(&format!("{b}/v2/team/app/manifests/v1")).status, 200, "the other tag stays");
+    br.goto(&s.url(&format!(
+        "/ui/repos/team/app/-/manifests/{}",
+        docker.index_digest()
+    )))
+    .await;
+    br.click_to("a.danger", "#confirm-delete").await;
+    br.click_to("#confirm-delete", "h1.name").await;
+    assert_eq!(
+        get(&format!("{b}/v2/team/app/manifests/{}", docker.index_digest())).status,
+        404
+    );
+    assert_eq!(
+        get(&format!("{b}/v2/team/app/manifests/v1")).status,
+        200,
+        "the other tag stays"
+    );
     // A POST from another origin is refused, even where the caller may delete.
     let other = req(
         "POST",
@@ -410,18 +502,28 @@ async fn access_rules_hide_repositories_and_actions() {
     let src = br.goto(&s.url("/ui/repos")).await;
     assert_eq!(br.attr("#repo-count", "data-total").await, "1");
     assert_eq!(br.count(r#"tr[data-repo="public/tool"]"#).await, 1);
-    assert!(!src.contains("team/secret"), "an anonymous list names team/secret");
+    assert!(
+        !src.contains("team/secret"),
+        "an anonymous list names team/secret"
+    );
     br.shoot("anonymous-repos").await;
     let src = br.goto(&s.url("/ui/repos/public/tool")).await;
     assert_eq!(br.count(r#"tr[data-tag="1.0"]"#).await, 1);
-    assert_eq!(br.count("a.danger").await, 0, "anonymous users see no delete button");
+    assert_eq!(
+        br.count("a.danger").await,
+        0,
+        "anonymous users see no delete button"
+    );
     assert!(src.contains("Sign in"));
     br.shoot("anonymous-repo").await;
     let src = br.goto(&s.url("/ui/repos/team/secret")).await;
     assert!(src.contains("Not found"));
     for page in ["/ui/", "/ui/health", "/ui/cache"] {
         let src = br.goto(&s.url(page)).await;
-        assert!(!src.contains("team/secret"), "{page} names team/secret to an anonymous browser");
+        assert!(
+            !src.contains("team/secret"),
+            "{page} names team/secret to an anonymous browser"
+        );
     }
     assert_eq!(get(&s.url("/ui/repos/team/secret")).status, 404);
     let confirm = get(&s.url("/ui/repos/public/tool/-/delete/tags/1.0"));
@@ -430,12 +532,20 @@ async fn access_rules_hide_repositories_and_actions() {
     // A POST delete without rights: 403, and nothing changes.
     let origin = format!("http://{}", s.addr);
     for path in ["public/tool/-/delete/tags/1.0", "team/secret/-/delete/tags/1.0"] {
-        let r = req("POST", &format!("{b}/ui/repos/{path}"), &[("origin", &origin)], None);
+        let r = req(
+            "POST",
+            &format!("{b}/ui/repos/{path}"),
+            &[("origin", &origin)],
+            None,
+        );
         assert_eq!(r.status, 403, "anonymous POST {path}: {}", r.text());
     }
     let alice = basic("alice", "alice-pw");
     let auth = [("authorization", alice.as_str())];
-    assert_eq!(req("GET", &format!("{b}/v2/public/tool/manifests/1.0"), &auth, None).status, 200);
+    assert_eq!(
+        req("GET", &format!("{b}/v2/public/tool/manifests/1.0"), &auth, None).status,
+        200
+    );
     // Dry runs need a signed-in user.
     assert_eq!(
         req("POST", &format!("{b}/ui/runs/gc"), &[("origin", &origin)], None).status,
@@ -445,11 +555,17 @@ async fn access_rules_hide_repositories_and_actions() {
     // Signed in: /ui/login challenges with Basic until credentials come.
     let r = get(&s.url("/ui/login"));
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"berth\", charset=\"UTF-8\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"berth\", charset=\"UTF-8\"")
+    );
     let r = req("GET", &s.url("/ui/login"), &auth, None);
     assert_eq!(r.status, 303);
     let wrong = basic("alice", "nope");
-    assert_eq!(req("GET", &s.url("/ui/repos"), &[("authorization", &wrong)], None).status, 401);
+    assert_eq!(
+        req("GET", &s.url("/ui/repos"), &[("authorization", &wrong)], None).status,
+        401
+    );
     let page = req("GET", &s.url("/ui/repos/team/secret"), &auth, None);
     assert_eq!(page.status, 200);
     assert!(page.text().contains("Delete tag"), "alice may delete in team/**");
@@ -463,7 +579,9 @@ async fn access_rules_hide_repositories_and_actions() {
         assert!(br.count("a.danger").await >= 1);
         br.shoot("signed-in-repo").await;
     } else {
-        println!("note: Chromium did not keep URL credentials; the signed-in view was checked over HTTP only");
+        println!(
+            "note: Chromium did not keep URL credentials; the signed-in view was checked over HTTP only"
+        );
     }
     // Alice's POST with the right origin deletes; the API agrees.
     let r = req(
@@ -473,7 +591,10 @@ async fn access_rules_hide_repositories_and_actions() {
         None,
     );
     assert_eq!(r.status, 303, "{}", r.text());
-    assert_eq!(req("GET", &format!("{b}/v2/team/secret/manifests/1.0"), &auth, None).status, 404);
+    assert_eq!(
+        req("GET", &format!("{b}/v2/team/secret/manifests/1.0"), &auth, None).status,
+        404
+    );
     br.close().await;
 }
 
@@ -504,7 +625,12 @@ async fn repository_list_of_1000_repositories_and_20000_tags() {
         let html = r.text();
         assert!(html.contains(&format!("data-total=\"{total}\"")), "{q}: {html}");
         assert_eq!(html.matches("<tr data-repo=").count(), rows, "{q}");
-        assert_eq!(html.matches("<td data-label=\"Tags\" class=\"num tags\">20</td>").count(), rows, "{q}");
+        assert_eq!(
+            html.matches("<td data-label=\"Tags\" class=\"num tags\">20</td>")
+                .count(),
+            rows,
+            "{q}"
+        );
         assert!(took < Duration::from_secs(2), "/ui/repos{q} took {took:?}");
         println!("/ui/repos{q}: {took:?}");
     }
@@ -513,5 +639,8 @@ async fn repository_list_of_1000_repositories_and_20000_tags() {
     let first = r.text().find(&format!("data-repo=\"{}\"", seeded.repos[999]));
     let second = r.text().find(&format!("data-repo=\"{}\"", seeded.repos[998]));
     assert!(first.is_some() && first < second, "largest first");
-    assert!(r.text().contains(&format!("data-bytes=\"{}\"", seeded.bytes_of[999])));
+    assert!(
+        r.text()
+            .contains(&format!("data-bytes=\"{}\"", seeded.bytes_of[999]))
+    );
 }

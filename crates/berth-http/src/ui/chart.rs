@@ -1,5 +1,5 @@
 //! Horizontal bar charts as inline SVG, drawn by the server: no script, no library, and
-//! they scale with the page (a `viewBox` and `width: 100%`).
+//! they stretch with the page.
 
 use super::view::esc;
 
@@ -13,45 +13,33 @@ pub(crate) struct Bar {
 }
 
 /// A chart of `bars` scaled to `max` (the largest value when `None`). `title` names it for
-/// screen readers.
+/// screen readers. Coordinates across are percentages and there is no `viewBox`, so the
+/// text keeps its CSS size at every width: each row is its label and value on one line,
+/// the bar under them.
 pub(crate) fn bars(title: &str, bars: &[Bar], max: Option<f64>) -> String {
-    const ROW: f64 = 28.0;
-    const LABEL: f64 = 190.0;
-    const WIDTH: f64 = 640.0;
-    const TEXT: f64 = 110.0;
+    const ROW: usize = 40;
     let max = max
         .unwrap_or_else(|| bars.iter().map(|b| b.value).fold(0.0, f64::max))
         .max(f64::MIN_POSITIVE);
-    let height = ROW * bars.len().max(1) as f64 + 4.0;
+    let height = ROW * bars.len().max(1) + 4;
     let mut svg = format!(
-        r#"<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{t}" preserveAspectRatio="xMinYMin meet"><title>{t}</title>"#,
+        r#"<svg class="chart" width="100%" height="{height}" role="img" aria-label="{t}"><title>{t}</title>"#,
         t = esc(title)
     );
     if bars.is_empty() {
-        svg.push_str(r#"<text x="0" y="18" class="label">nothing to show</text>"#);
+        svg.push_str(r#"<text x="8" y="22" class="label">nothing to show</text>"#);
     }
-    let span = WIDTH - LABEL - TEXT;
     for (i, b) in bars.iter().enumerate() {
-        let y = ROW * i as f64 + 2.0;
-        let w = (b.value / max).clamp(0.0, 1.0) * span;
-        // Labels longer than the column are cut; the full text is in the bar's <title>.
-        let label: String = if b.label.chars().count() > 26 {
-            let tail: String = b.label.chars().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
-            format!("…{tail}")
-        } else {
-            b.label.clone()
-        };
+        let y = ROW * i + 4;
+        // 97 %: the bar starts 8 px in and must end inside the chart.
+        let w = (b.value / max).clamp(0.0, 1.0) * 97.0;
         svg.push_str(&format!(
-            r#"<g><title>{full}: {text}</title><text x="{lx}" y="{ty}" class="label" text-anchor="end">{label}</text><rect x="{LABEL}" y="{ry}" width="{w:.1}" height="{bh}" rx="3" class="bar {class}"/><text x="{vx:.1}" y="{ty}" class="value">{text}</text></g>"#,
-            full = esc(&b.label),
+            r#"<g><title>{label}: {text}</title><text x="8" y="{ty}" class="label">{label}</text><text x="99%" y="{ty}" class="value" text-anchor="end">{text}</text><rect x="8" y="{ry}" width="{w:.1}%" height="12" rx="3" class="bar {class}"/></g>"#,
+            label = esc(&b.label),
             text = esc(&b.text),
-            label = esc(&label),
-            lx = LABEL - 8.0,
-            ty = y + 17.0,
-            ry = y + 4.0,
-            bh = ROW - 8.0,
+            ty = y + 14,
+            ry = y + 20,
             class = b.class,
-            vx = LABEL + w + 6.0,
         ));
     }
     svg.push_str("</svg>");
@@ -83,6 +71,9 @@ mod tests {
             None,
         );
         assert!(svg.contains("&lt;a&gt;") && !svg.contains("<a>"));
-        assert!(svg.contains(r#"width="340.0""#) && svg.contains(r#"width="170.0""#), "{svg}");
+        assert!(
+            svg.contains(r#"width="97.0%""#) && svg.contains(r#"width="48.5%""#),
+            "{svg}"
+        );
     }
 }

@@ -194,7 +194,11 @@ pub(crate) fn html(r: askama::Result<String>) -> Response {
             .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "a UI template failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered\n",
+            )
+                .into_response()
         }
     }
 }
@@ -202,7 +206,12 @@ pub(crate) fn html(r: askama::Result<String>) -> Response {
 /// Errors of the domain as a page: what failed, in words.
 pub(crate) fn failed(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "a UI page failed");
-    message(StatusCode::INTERNAL_SERVER_ERROR, "Something failed", &e.to_string(), Some("/ui/"))
+    message(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something failed",
+        &e.to_string(),
+        Some("/ui/"),
+    )
 }
 
 /// POSTs must come from this origin: a form on another site cannot act with the

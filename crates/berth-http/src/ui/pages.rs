@@ -2,8 +2,8 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::Response;
 use berth_auth::Action;
 use berth_registry::RegistryError;
@@ -306,8 +306,10 @@ pub(crate) async fn cache(State(app): State<App>, req: Parts) -> Response {
         let c = |kind, result| m.cache_count(n, kind, result);
         // Hits: answered without fetching a body from the upstream (a revalidation asks
         // it only for a digest). Misses: a body was fetched (or joined while fetching).
-        let hits = c("manifest", "hit") + c("manifest", "revalidated") + c("manifest", "stale") + c("blob", "hit");
-        let misses = c("manifest", "miss") + c("manifest", "moved") + c("blob", "miss") + c("blob", "coalesced");
+        let hits =
+            c("manifest", "hit") + c("manifest", "revalidated") + c("manifest", "stale") + c("blob", "hit");
+        let misses =
+            c("manifest", "miss") + c("manifest", "moved") + c("blob", "miss") + c("blob", "coalesced");
         let errors = m.upstream_errors_of(n);
         let ratio = if hits + misses == 0 {
             None
@@ -496,7 +498,11 @@ pub(crate) async fn run_dry(State(app): State<App>, Path(j): Path<String>, req: 
             Ok(o) => (o, vec![]),
             Err(e) => return run_failed(e),
         },
-        Job::Retention => match app.registry.apply_retention(&app.lifecycle.rules, grace, true).await {
+        Job::Retention => match app
+            .registry
+            .apply_retention(&app.lifecycle.rules, grace, true)
+            .await
+        {
             Ok(o) => (o.gc, o.tags),
             Err(e) => return run_failed(e),
         },

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
 use berth_auth::Action;
 use berth_oci::{Digest, Reference, RepoName, Tag};
@@ -115,14 +115,19 @@ pub(crate) async fn list(
             pulled: view::when(s.last_pull),
         })
         .collect();
-    let sorts = [("name", "name"), ("size", "size"), ("last push", "pushed"), ("last pull", "pulled")]
-        .into_iter()
-        .map(|(label, key)| SortLink {
-            label,
-            href: list_href(&q, key, 1),
-            active: key == sort,
-        })
-        .collect();
+    let sorts = [
+        ("name", "name"),
+        ("size", "size"),
+        ("last push", "pushed"),
+        ("last pull", "pulled"),
+    ]
+    .into_iter()
+    .map(|(label, key)| SortLink {
+        label,
+        href: list_href(&q, key, 1),
+        active: key == sort,
+    })
+    .collect();
     let page_view = ListPage {
         chrome: Chrome::new("Repositories", "repos", &v),
         prev: (page > 1).then(|| list_href(&q, sort, page - 1)),
@@ -321,7 +326,9 @@ pub(crate) async fn get_page(
         return not_found();
     };
     let name = match &t {
-        Target::Repo(n) | Target::Manifest(n, _) | Target::DeleteTag(n, _) | Target::DeleteManifest(n, _) => n,
+        Target::Repo(n) | Target::Manifest(n, _) | Target::DeleteTag(n, _) | Target::DeleteManifest(n, _) => {
+            n
+        }
     };
     let Some(loc) = visible(&app, &v, name) else {
         return not_found();
@@ -342,7 +349,12 @@ fn not_found_or(e: RegistryError) -> Response {
     }
 }
 
-async fn repo_page(app: &App, v: &Viewer, loc: &Located, p: &HashMap<String, String>) -> Result<Response, Response> {
+async fn repo_page(
+    app: &App,
+    v: &Viewer,
+    loc: &Located,
+    p: &HashMap<String, String>,
+) -> Result<Response, Response> {
     let name = loc.local();
     let reg = &app.registry;
     // Exists at all (a repository with no tags left still has a page).
@@ -460,7 +472,12 @@ fn pairs(v: &Value) -> Vec<(String, String)> {
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -482,7 +499,11 @@ fn blob_row(d: &Value) -> Row {
 async fn manifest_page(app: &App, v: &Viewer, loc: &Located, digest: &Digest) -> Result<Response, Response> {
     let name = loc.local();
     let reg = &app.registry;
-    let m = reg.peek_manifest(name, digest).await.map_err(failed)?.ok_or_else(not_found)?;
+    let m = reg
+        .peek_manifest(name, digest)
+        .await
+        .map_err(failed)?
+        .ok_or_else(not_found)?;
     let body: Value = serde_json::from_slice(&m.body).unwrap_or(Value::Null);
     let d = digest.to_string();
     let f = facts(reg, name, &m).await;
@@ -511,7 +532,12 @@ async fn manifest_page(app: &App, v: &Viewer, loc: &Located, digest: &Digest) ->
         });
         children.push(row);
     }
-    let layers = body["layers"].as_array().into_iter().flatten().map(blob_row).collect();
+    let layers = body["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(blob_row)
+        .collect();
     let config = match config_of(reg, name, &body).await {
         Some(c) if !is_index(&body) => Some(ConfigView {
             architecture: c["architecture"].as_str().unwrap_or("—").to_string(),
@@ -599,7 +625,10 @@ async fn confirm_page(app: &App, v: &Viewer, loc: &Located, r: Reference) -> Res
                 "Delete a tag".to_string(),
                 format!("{name}:{t}"),
                 vec![
-                    format!("The tag {t} goes; the manifest {} stays until garbage collection removes what no tag reaches.", info.digest),
+                    format!(
+                        "The tag {t} goes; the manifest {} stays until garbage collection removes what no tag reaches.",
+                        info.digest
+                    ),
                     "Clients pulling this tag get “manifest unknown” from then on.".to_string(),
                 ],
                 format!("{}/-/delete/tags/{}", repo_link(name), enc(t.as_str())),
@@ -609,7 +638,11 @@ async fn confirm_page(app: &App, v: &Viewer, loc: &Located, r: Reference) -> Res
             if reg.peek_manifest(name, d).await.map_err(failed)?.is_none() {
                 return Err(not_found());
             }
-            let on: Vec<String> = tags.iter().filter(|i| i.digest == *d).map(|i| i.name.clone()).collect();
+            let on: Vec<String> = tags
+                .iter()
+                .filter(|i| i.digest == *d)
+                .map(|i| i.name.clone())
+                .collect();
             let mut c = vec![format!("The manifest {d} goes from {name}.")];
             if !on.is_empty() {
                 c.push(format!("So do the tags pointing at it: {}.", on.join(", ")));
@@ -680,9 +713,15 @@ mod tests {
     fn paths_under_repos_name_what_they_show() {
         let d = "sha256:".to_string() + &"a".repeat(64);
         assert!(matches!(target("team/app"), Some(Target::Repo(n)) if n.as_str() == "team/app"));
-        assert!(matches!(target(&format!("team/app/-/manifests/{d}")), Some(Target::Manifest(..))));
+        assert!(matches!(
+            target(&format!("team/app/-/manifests/{d}")),
+            Some(Target::Manifest(..))
+        ));
         assert!(matches!(target("a/-/delete/tags/v1"), Some(Target::DeleteTag(_, t)) if t.as_str() == "v1"));
-        assert!(matches!(target(&format!("a/-/delete/manifests/{d}")), Some(Target::DeleteManifest(..))));
+        assert!(matches!(
+            target(&format!("a/-/delete/manifests/{d}")),
+            Some(Target::DeleteManifest(..))
+        ));
         assert!(target("a/-/delete/blobs/x").is_none());
         assert!(target("Upper/case").is_none());
         assert!(target("a/-/manifests/notadigest").is_none());

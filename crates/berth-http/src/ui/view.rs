@@ -90,8 +90,10 @@ pub(crate) fn when(t: Option<i64>) -> When {
         },
         Some(t) => When {
             ago: format!("{} ago", age(now() - t)),
-            exact: humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
-                .to_string(),
+            exact: humantime::format_rfc3339_seconds(
+                UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+            )
+            .to_string(),
         },
     }
 }
@@ -110,7 +112,9 @@ pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -32,7 +32,11 @@ impl GcOutcome {
             self.report.links,
             self.report.blobs.len(),
             self.bytes_freed,
-            if self.dry_run { "would be removed" } else { "removed" }
+            if self.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
         )
     }
 }

@@ -786,10 +786,19 @@ pub async fn repository_summaries_aggregate_per_repository(store: &dyn MetaStore
     );
     let v1 = Man::image("v1", &c, &[&l1]);
     let v2 = Man::image("v2", &c, &[&l1, &l2]);
-    assert_eq!(put(store, &app, &v1, Some(&tag("v1")), 500).await, PutManifest::Stored);
-    assert_eq!(put(store, &app, &v2, Some(&tag("v2")), 700).await, PutManifest::Stored);
+    assert_eq!(
+        put(store, &app, &v1, Some(&tag("v1")), 500).await,
+        PutManifest::Stored
+    );
+    assert_eq!(
+        put(store, &app, &v2, Some(&tag("v2")), 700).await,
+        PutManifest::Stored
+    );
     // A second tag on the same manifest counts as a tag, its blobs once.
-    assert_eq!(put(store, &app, &v2, Some(&tag("latest")), 800).await, PutManifest::Stored);
+    assert_eq!(
+        put(store, &app, &v2, Some(&tag("latest")), 800).await,
+        PutManifest::Stored
+    );
     store.touch_pulled(&app, &v1.digest, 900).await.unwrap();
     // A cached repository sharing a blob counts it too; a repository with blobs only is absent.
     let cached = repo("docker.io/library/x");
@@ -819,7 +828,10 @@ pub async fn repository_summaries_aggregate_per_repository(store: &dyn MetaStore
 pub async fn cached_tags_list_only_cached_repositories(store: &dyn MetaStore) {
     let cached = repo("ghcr.io/o/img");
     store.mark_cached(&cached, "ghcr.io", 10).await.unwrap();
-    let (a, b) = (Man::with_refs("a", IMAGE, vec![]), Man::with_refs("b", IMAGE, vec![]));
+    let (a, b) = (
+        Man::with_refs("a", IMAGE, vec![]),
+        Man::with_refs("b", IMAGE, vec![]),
+    );
     put_ok(store, &cached, &a, Some("v1")).await;
     put_ok(store, &cached, &b, Some("latest")).await;
     put_ok(store, &repo("hosted"), &a, Some("v1")).await;
