@@ -131,14 +131,9 @@ async fn login(State(app): State<App>, req: Parts) -> Response {
     if app.access.is_none() {
         return Redirect::to("/ui/").into_response();
     }
-    let has_basic = req
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 6 && v[..6].eq_ignore_ascii_case("basic "));
+    // Signed in: right Basic credentials, or a trusted proxy's forwarded user.
     match viewer(&app, &req).await {
-        Ok(v) if has_basic && v.user().is_some() => Redirect::to("/ui/").into_response(),
-        Ok(v) if v.user().is_some() => Redirect::to("/ui/").into_response(), // a proxy signed it in
+        Ok(v) if v.user().is_some() => Redirect::to("/ui/").into_response(),
         Ok(_) => sign_in_page("Sign in with your registry user name and password."),
         Err(r) => r,
     }
