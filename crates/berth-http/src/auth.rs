@@ -77,6 +77,19 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
+    /// The same from a request's head (which, unlike the request, may be held across an await).
+    pub fn of_parts(p: &'a axum::http::request::Parts) -> Facts<'a> {
+        Facts {
+            headers: &p.headers,
+            uri: &p.uri,
+            remote: p
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip()),
+            tls: p.extensions.get::<Transport>().is_some_and(|t| t.tls),
+        }
+    }
+
     pub fn of(req: &'a Request) -> Facts<'a> {
         Facts {
             headers: req.headers(),

@@ -8,6 +8,9 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod limits;
+// Handlers return early with a page (`Result<_, Response>`); boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+mod ui;
 mod v2;
 
 use std::sync::Arc;
@@ -56,6 +59,7 @@ fn route_of(path: &str) -> &'static str {
         },
         None if path.starts_with("/admin/") => "admin",
         None if path == auth::TOKEN_PATH => "token",
+        None if path == "/ui" || path.starts_with("/ui/") => "ui",
         None => match path {
             "/healthz" | "/readyz" => "health",
             "/metrics" => "metrics",
@@ -129,6 +133,7 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(auth::TOKEN_PATH, get(auth::token).post(auth::token))
+        .merge(ui::routes())
         .route(
             "/admin/gc",
             axum::routing::post(|s, q, r| admin::lifecycle(s, q, admin::Run::Gc, r)),

@@ -5,12 +5,14 @@
 //! nothing of HTTP; berth-http turns its results and [`RegistryError`]s into responses.
 
 mod blobs;
+mod browse;
 pub mod cache;
 mod error;
 pub mod integrity;
 pub mod lifecycle;
 mod manifests;
 pub mod metrics;
+mod runs;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +25,7 @@ pub use blobs::BlobBody;
 pub use error::{RegistryError, Result};
 pub use manifests::{Listing, Pushed, StoredManifest};
 pub use metrics::RegistryMetrics;
+pub use runs::{LastRuns, RunRecord, Verification};
 
 /// Seconds since the Unix epoch, injected so tests can move time.
 pub trait Clock: Send + Sync + 'static {
@@ -90,6 +93,8 @@ pub struct Registry {
     verify_on_read: bool,
     /// Walk every pushed image like a pull right after the push.
     verify_after_push: bool,
+    /// What the last lifecycle and integrity runs did (for the web UI).
+    last_runs: Mutex<LastRuns>,
 }
 
 impl Registry {
@@ -118,6 +123,7 @@ impl Registry {
             pulls_pending: Arc::default(),
             verify_on_read: true,
             verify_after_push: true,
+            last_runs: Mutex::default(),
         }
     }
 

@@ -38,6 +38,13 @@ pub struct FillLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheBytesLabels {
+    pub upstream: String,
+    /// `cache` (served from what the cache holds) or `upstream` (fetched by a fill).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamName {
     pub upstream: String,
 }
@@ -90,6 +97,8 @@ pub struct RegistryMetrics {
     pub upstream_errors: Family<UpstreamLabel, Counter>,
     /// Blob fills from upstreams, by outcome.
     pub fills: Family<FillLabels, Counter>,
+    /// Blob bytes of cached repositories: served from the cache, or fetched from upstreams.
+    pub cache_bytes: Family<CacheBytesLabels, Counter>,
     /// Fills waiting for a turn (`limits.max_concurrent_fills`), by upstream.
     pub fills_waiting: Family<UpstreamName, Gauge>,
     /// Blob reads refused because the bytes were missing or of the wrong size.
@@ -155,6 +164,11 @@ impl RegistryMetrics {
             "berth_cache_fills",
             "Blob fills from upstreams, by outcome",
             self.fills.clone(),
+        );
+        r.register(
+            "berth_cache_blob_bytes",
+            "Blob bytes of cached repositories, served from the cache or fetched from the upstream",
+            self.cache_bytes.clone(),
         );
         r.register(
             "berth_cache_fills_waiting",
@@ -257,5 +271,54 @@ impl RegistryMetrics {
             "Problems repaired by scrub --repair",
             self.integrity_repaired.clone(),
         );
+    }
+}
+
+/// Readings of the counters for the web UI. prometheus-client families cannot be iterated,
+/// so these look up the label values the registry itself uses.
+impl RegistryMetrics {
+    /// Cached-repository lookups of `kind` (`manifest`, `blob`) with `result` at `upstream`.
+    pub fn cache_count(&self, upstream: &str, kind: &'static str, result: &'static str) -> u64 {
+        let l = CacheLabels {
+            upstream: upstream.to_string(),
+            kind,
+            result,
+        };
+        self.cache.get(&l).map(|c| c.get()).unwrap_or(0)
+    }
+
+    /// Blob bytes of `upstream`'s repositories from `source` (`cache` or `upstream`).
+    pub fn cache_bytes_of(&self, upstream: &str, source: &'static str) -> u64 {
+        let l = CacheBytesLabels {
+            upstream: upstream.to_string(),
+            source,
+        };
+        self.cache_bytes.get(&l).map(|c| c.get()).unwrap_or(0)
+    }
+
+    /// Failed requests to `upstream` by status label (HTTP statuses and the named kinds).
+    pub fn upstream_errors_of(&self, upstream: &str) -> Vec<(String, u64)> {
+        let named = ["timeout", "connect", "body", "auth", "invalid"].map(String::from);
+        let statuses = (100..600).map(|s: u16| s.to_string());
+        named
+            .into_iter()
+            .chain(statuses)
+            .filter_map(|status| {
+                let l = UpstreamLabel {
+                    upstream: upstream.to_string(),
+                    status,
+                };
+                let n = self.upstream_errors.get(&l).map(|c| c.get()).unwrap_or(0);
+                (n > 0).then_some((l.status, n))
+            })
+            .collect()
+    }
+
+    /// Push verifications with `result` (`ok`, `failed`, `error`).
+    pub fn push_verifications_of(&self, result: &'static str) -> u64 {
+        self.push_verifications
+            .get(&ResultLabel { result })
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 }

@@ -20,9 +20,9 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, Coordination, Deletion, GcReport, IntegrityMeta, LifecycleMeta, LockGuard, ManifestMeta,
-    ManifestRow, MetaStore, NewManifest, PutManifest, RefRow, Referrer, Removal, StorageStats, TagInfo,
-    UploadMeta, UploadRow, Usage,
+    BlobMeta, BrowseMeta, CachedTag, Coordination, Deletion, GcReport, IntegrityMeta, LifecycleMeta,
+    LockGuard, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, RefRow, Referrer, Removal,
+    RepoSummary, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]

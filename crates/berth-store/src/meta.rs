@@ -293,9 +293,48 @@ pub trait Coordination: Send + Sync {
     async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard>;
 }
 
+/// One repository as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoSummary {
+    pub name: String,
+    /// The upstream a cached repository mirrors; `None` for a hosted one.
+    pub upstream: Option<String>,
+    pub tags: u64,
+    pub manifests: u64,
+    /// Sum of the sizes of the distinct blobs linked into the repository.
+    pub bytes: u64,
+    /// Latest manifest push (or cache fill) time.
+    pub last_push: Option<i64>,
+    /// Latest recorded pull of any of its manifests.
+    pub last_pull: Option<i64>,
+}
+
+/// A tag of a cached repository and when the upstream last confirmed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedTag {
+    pub repo: String,
+    pub upstream: String,
+    pub tag: String,
+    pub digest: Digest,
+    /// When the tag was stored or last moved.
+    pub updated_at: i64,
+    /// When the upstream last confirmed it (stored from it, or revalidated against it).
+    pub checked_at: Option<i64>,
+}
+
+/// What browsing (the web UI) reads: aggregates computed by the store, so a listing of
+/// thousands of repositories is one query, not one per repository.
+#[async_trait]
+pub trait BrowseMeta: Send + Sync {
+    /// Every repository holding at least one manifest, by name.
+    async fn repository_summaries(&self) -> Result<Vec<RepoSummary>>;
+    /// Every tag of every cached repository, by repository and tag.
+    async fn cached_tags(&self) -> Result<Vec<CachedTag>>;
+}
+
 #[async_trait]
 pub trait MetaStore:
-    BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + Coordination
+    BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + BrowseMeta + Coordination
 {
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;

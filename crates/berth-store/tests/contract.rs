@@ -97,6 +97,8 @@ macro_rules! meta_store_contract {
                 delete_manifest_refused_while_an_index_lists_it,
                 tags_paginate_in_lexical_order,
                 repositories_list_only_repos_with_manifests,
+                repository_summaries_aggregate_per_repository,
+                cached_tags_list_only_cached_repositories,
                 referrers_with_and_without_artifact_type,
                 upload_rows_lifecycle,
                 uploads_idle_since_compares_last_activity,

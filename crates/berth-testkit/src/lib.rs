@@ -188,4 +188,5 @@ pub mod fault;
 pub mod images;
 pub mod postgres;
 pub mod s3;
+pub mod seed;
 pub mod token;

@@ -178,7 +178,10 @@ impl Registry {
             match self.blob_size(&c.local, digest).await {
                 Ok(_) => {
                     self.count_cache(c, "blob", "hit");
-                    return self.open_blob(&c.local, digest, range).await;
+                    let opened = self.open_blob(&c.local, digest, range).await?;
+                    let served = opened.1.map_or(opened.0, |r| r.len());
+                    self.count_cache_bytes(c, "cache", served);
+                    return Ok(opened);
                 }
                 Err(RegistryError::BlobDamaged(_)) => {} // refetch below: the fill heals it
                 Err(e) => return Err(e),
@@ -258,7 +261,11 @@ impl Registry {
     async fn run_fill(self: Arc<Self>, c: CachedRepo, digest: Digest, fill: Arc<Fill>) {
         let result = self.fill(&c, &digest, &fill).await;
         let outcome = match &result {
-            Ok(()) => "ok",
+            Ok(()) => {
+                let size = fill.state.borrow().size.unwrap_or(0);
+                self.count_cache_bytes(&c, "upstream", size);
+                "ok"
+            }
             Err(e @ RegistryError::FillsBusy { .. }) => {
                 tracing::warn!(repo = %c.local, %digest, error = %e, "blob fill refused: no turn free");
                 "refused"

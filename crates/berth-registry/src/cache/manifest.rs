@@ -183,6 +183,16 @@ impl Registry {
         }
     }
 
+    pub(crate) fn count_cache_bytes(&self, c: &CachedRepo, source: &'static str, n: u64) {
+        self.metrics
+            .cache_bytes
+            .get_or_create(&crate::metrics::CacheBytesLabels {
+                upstream: c.source.name.clone(),
+                source,
+            })
+            .inc_by(n);
+    }
+
     pub(crate) fn count_cache(&self, c: &CachedRepo, kind: &'static str, result: &'static str) {
         self.metrics
             .cache

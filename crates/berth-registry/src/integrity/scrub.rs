@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use crate::cache::Located;
 use crate::lifecycle::Pattern;
 use crate::metrics::ProblemKind;
+use crate::runs::Job;
 use crate::{Registry, RegistryError, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -79,6 +80,28 @@ fn affected(usages: &[Usage], links: &[(String, bool)]) -> Vec<String> {
 impl Registry {
     /// Scrubs blobs, references and tags; with `repair`, fixes what it can.
     pub async fn scrub(self: &Arc<Self>, opts: &ScrubOptions) -> Result<ScrubReport> {
+        let started = Instant::now();
+        let out = self.scrub_once(opts).await;
+        self.note_run(Job::Scrub, false, &out, started.elapsed(), |r| {
+            let left = r.problems.iter().filter(|p| p.repaired.is_none()).count();
+            format!(
+                "{} blobs ({} bytes), {} references and {} tags checked; {} problems, {} left unrepaired",
+                r.blobs_checked,
+                r.bytes_hashed,
+                r.references_checked,
+                r.tags_checked,
+                r.problems.len(),
+                left
+            )
+        });
+        // A partial scrub (one pattern) still replaces the list: it is the latest word.
+        if let Ok(r) = &out {
+            self.note_scrub_problems(r.problems.clone());
+        }
+        out
+    }
+
+    async fn scrub_once(self: &Arc<Self>, opts: &ScrubOptions) -> Result<ScrubReport> {
         let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
         let started = Instant::now();
         let mut report = ScrubReport::default();

@@ -45,17 +45,25 @@ impl Registry {
         }
         let registry = self.clone();
         tokio::spawn(async move {
-            let result = match registry.unservable(&repo, &digest).await {
-                Ok(p) if p.is_empty() => "ok",
+            let (result, problems) = match registry.unservable(&repo, &digest).await {
+                Ok(p) if p.is_empty() => ("ok", p),
                 Ok(problems) => {
                     tracing::error!(%repo, ?tag, %digest, ?problems, "a pushed image cannot be pulled whole");
-                    "failed"
+                    ("failed", problems)
                 }
                 Err(e) => {
                     tracing::warn!(%repo, %digest, error = %e, "could not verify a pushed image");
-                    "error"
+                    ("error", vec![e.to_string()])
                 }
             };
+            registry.note_verification(crate::Verification {
+                at: registry.clock.now(),
+                repo: repo.to_string(),
+                tag,
+                digest,
+                result,
+                problems,
+            });
             registry
                 .metrics
                 .push_verifications

@@ -8,6 +8,7 @@ use std::time::Duration;
 use berth_store::Deletion;
 
 use super::gc::{GcOutcome, Grace};
+use crate::runs::Job;
 use crate::{Registry, RegistryError, Result};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,6 +30,25 @@ pub struct EvictionOutcome {
 impl Registry {
     /// Evicts cached images by the policy, then collects what only they used.
     pub async fn evict(
+        &self,
+        policy: EvictionPolicy,
+        grace: Grace,
+        dry_run: bool,
+    ) -> Result<EvictionOutcome> {
+        let started = std::time::Instant::now();
+        let out = self.evict_once(policy, grace, dry_run).await;
+        self.note_run(Job::Evict, dry_run, &out, started.elapsed(), |o| {
+            format!(
+                "{} images evicted (cache held {} bytes); then {}",
+                o.images.len(),
+                o.cached_bytes_before,
+                o.gc.summary()
+            )
+        });
+        out
+    }
+
+    async fn evict_once(
         &self,
         policy: EvictionPolicy,
         grace: Grace,

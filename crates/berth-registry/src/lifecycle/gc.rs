@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_store::{Deletion, GcReport};
 
+use crate::runs::Job;
 use crate::{Registry, RegistryError, Result};
 
 /// What a collection did (or would do).
@@ -20,6 +21,24 @@ pub struct GcOutcome {
     /// Bytes of blob files deleted (or that would be).
     pub bytes_freed: u64,
     pub took: Duration,
+}
+
+impl GcOutcome {
+    /// One line for people: what went (or would go).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} manifests, {} links and {} blobs ({} bytes) {}",
+            self.report.manifests.len(),
+            self.report.links,
+            self.report.blobs.len(),
+            self.bytes_freed,
+            if self.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        )
+    }
 }
 
 /// Grace periods of a collection.
@@ -35,6 +54,13 @@ impl Registry {
     /// Collects garbage: manifests not reachable from a tag (nor pushed within the grace
     /// period), then the links and blobs nothing live uses. One lifecycle run at a time.
     pub async fn collect_garbage(&self, grace: Grace, dry_run: bool) -> Result<GcOutcome> {
+        let started = Instant::now();
+        let out = self.collect_garbage_once(grace, dry_run).await;
+        self.note_run(Job::Gc, dry_run, &out, started.elapsed(), GcOutcome::summary);
+        out
+    }
+
+    async fn collect_garbage_once(&self, grace: Grace, dry_run: bool) -> Result<GcOutcome> {
         let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
         let out = self.collect(&[], grace, dry_run).await?;
         if !dry_run {

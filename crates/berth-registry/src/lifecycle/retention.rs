@@ -6,6 +6,7 @@ use std::time::Duration;
 use berth_store::Deletion;
 
 use super::gc::{GcOutcome, Grace};
+use crate::runs::Job;
 use crate::{Registry, RegistryError, Result};
 
 pub use berth_oci::Pattern;
@@ -41,6 +42,20 @@ pub struct RetentionOutcome {
 impl Registry {
     /// Applies `rules` to every repository, then collects garbage, in one transaction.
     pub async fn apply_retention(
+        &self,
+        rules: &[RetentionRule],
+        grace: Grace,
+        dry_run: bool,
+    ) -> Result<RetentionOutcome> {
+        let started = std::time::Instant::now();
+        let out = self.apply_retention_once(rules, grace, dry_run).await;
+        self.note_run(Job::Retention, dry_run, &out, started.elapsed(), |o| {
+            format!("{} tags deleted; then {}", o.tags.len(), o.gc.summary())
+        });
+        out
+    }
+
+    async fn apply_retention_once(
         &self,
         rules: &[RetentionRule],
         grace: Grace,

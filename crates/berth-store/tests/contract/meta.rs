@@ -783,6 +783,81 @@ pub async fn repositories_list_only_repos_with_manifests(store: &dyn MetaStore) 
     );
 }
 
+pub async fn repository_summaries_aggregate_per_repository(store: &dyn MetaStore) {
+    let app = repo("team/app");
+    let (c, l1, l2) = (
+        commit(store, &app, "cfg", 100).await,
+        commit(store, &app, "l1", 1000).await,
+        commit(store, &app, "l2", 10_000).await,
+    );
+    let v1 = Man::image("v1", &c, &[&l1]);
+    let v2 = Man::image("v2", &c, &[&l1, &l2]);
+    assert_eq!(
+        put(store, &app, &v1, Some(&tag("v1")), 500).await,
+        PutManifest::Stored
+    );
+    assert_eq!(
+        put(store, &app, &v2, Some(&tag("v2")), 700).await,
+        PutManifest::Stored
+    );
+    // A second tag on the same manifest counts as a tag, its blobs once.
+    assert_eq!(
+        put(store, &app, &v2, Some(&tag("latest")), 800).await,
+        PutManifest::Stored
+    );
+    store.touch_pulled(&app, &v1.digest, 900).await.unwrap();
+    // A cached repository sharing a blob counts it too; a repository with blobs only is absent.
+    let cached = repo("docker.io/library/x");
+    store.mark_cached(&cached, "docker.io", 10).await.unwrap();
+    store.link_blob(&cached, &l1, None, 10).await.unwrap();
+    put_ok(store, &cached, &Man::image("x", &l1, &[]), Some("latest")).await;
+    commit(store, &repo("blobonly"), "other", 5).await;
+
+    let all = store.repository_summaries().await.unwrap();
+    let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["docker.io/library/x", "team/app"]);
+    let (x, a) = (&all[0], &all[1]);
+    assert_eq!(
+        (a.upstream.as_deref(), a.tags, a.manifests, a.bytes),
+        (None, 3, 2, 11_100)
+    );
+    assert_eq!((a.last_push, a.last_pull), (Some(700), Some(900)));
+    assert_eq!(
+        (x.upstream.as_deref(), x.tags, x.manifests, x.bytes, x.last_pull),
+        (Some("docker.io"), 1, 1, 1000, None)
+    );
+    store.delete_tag(&app, &tag("latest")).await.unwrap();
+    let after = store.repository_summaries().await.unwrap();
+    assert_eq!(after[1].tags, 2);
+}
+
+pub async fn cached_tags_list_only_cached_repositories(store: &dyn MetaStore) {
+    let cached = repo("ghcr.io/o/img");
+    store.mark_cached(&cached, "ghcr.io", 10).await.unwrap();
+    let (a, b) = (
+        Man::with_refs("a", IMAGE, vec![]),
+        Man::with_refs("b", IMAGE, vec![]),
+    );
+    put_ok(store, &cached, &a, Some("v1")).await;
+    put_ok(store, &cached, &b, Some("latest")).await;
+    put_ok(store, &repo("hosted"), &a, Some("v1")).await;
+    store.touch_tag(&cached, &tag("v1"), 2000).await.unwrap();
+    let t = store.cached_tags().await.unwrap();
+    let seen: Vec<_> = t
+        .iter()
+        .map(|t| (t.repo.as_str(), t.upstream.as_str(), t.tag.as_str(), t.checked_at))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ghcr.io/o/img", "ghcr.io", "latest", Some(1000)),
+            ("ghcr.io/o/img", "ghcr.io", "v1", Some(2000)),
+        ]
+    );
+    assert_eq!(t[1].digest, a.digest);
+    assert_eq!(t[1].updated_at, 1000);
+}
+
 pub async fn referrers_with_and_without_artifact_type(store: &dyn MetaStore) {
     let (a, b) = (repo("alpha"), repo("beta"));
     let subject = Man::with_refs("subject", IMAGE, vec![]);
