@@ -550,15 +550,16 @@ fn failures_name_the_registry_and_the_status() {
     // Usage errors: exit status 2.
     for bad in [
         vec!["copy", "alpine", &to],
-        vec!["copy", "oci:/tmp/layout:v1", &to],
         vec!["copy", &from, &format!("{}/app@{digest}", locked.addr)],
         vec!["mirror", "--tags", "/(/", &from, &to],
     ] {
         let out = berth(&bad, cache.path());
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {out}");
     }
-    let out = berth(&["copy", "oci:/tmp/layout:v1", &to], cache.path());
-    assert!(out.stderr.contains("not supported"), "{out}");
+    // A layout that is not there: a failure naming it.
+    let out = berth(&["copy", "oci:/nonexistent/layout:v1", &to], cache.path());
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("/nonexistent/layout"), "{out}");
 }
 
 fn base64_encode(b: &[u8]) -> String {
@@ -716,4 +717,78 @@ fn sigint_stops_with_130_and_the_next_run_resumes() {
         image.manifest.digest
     );
     rehash_all(&dst.url(""), "app", "v1");
+}
+
+/// `berth copy` between a registry and an OCI layout directory or archive, both ways:
+/// the same engine, the file transports of `berth export`/`import`; skopeo reads what
+/// berth wrote.
+#[test]
+fn copy_to_and_from_oci_layouts_and_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let s = TestServer::start(BIN, "");
+    let set = ImageSet::multi_platform(Flavor::Oci, "copy-layouts");
+    let layout = tmp.path().join("in");
+    set.write_oci_layout(&layout, "v1");
+
+    // A layout into the registry: every platform, digests as they were.
+    let dst = format!("{}/files/app:v1", s.addr);
+    let out = berth(
+        &["copy", "--quiet", &format!("oci:{}:v1", layout.display()), &dst],
+        &cache,
+    );
+    assert!(out.success(), "{out}");
+    let served = get(&s.url("/v2/files/app/manifests/v1"));
+    assert_eq!(sha256(&served.body), set.index_digest());
+    for child in set.child_digests() {
+        assert_eq!(
+            get(&s.url(&format!("/v2/files/app/manifests/{child}"))).status,
+            200
+        );
+    }
+    let seen = rehash_all(&s.url(""), "files/app", "v1");
+    for b in set.blobs() {
+        assert!(seen.contains_key(&b.digest), "{} did not arrive whole", b.digest);
+    }
+
+    // The registry into a layout directory and an archive; skopeo reads both.
+    let skopeo = Skopeo::new();
+    let dir = tmp.path().join("out");
+    let archive = tmp.path().join("out.tar");
+    for target in [
+        format!("oci:{}:v2", dir.display()),
+        format!("oci-archive:{}:v2", archive.display()),
+    ] {
+        let out = berth(&["copy", "--quiet", &dst, &target], &cache);
+        assert!(out.success(), "{target}: {out}");
+        let raw = skopeo.try_run(&["inspect", "--raw", &target]).ok().stdout;
+        assert_eq!(sha256(&raw), set.index_digest(), "{target}");
+    }
+    // And back from the archive into another repository.
+    let back = format!("{}/files/back:v3", s.addr);
+    let out = berth(
+        &[
+            "copy",
+            "--quiet",
+            &format!("oci-archive:{}:v2", archive.display()),
+            &back,
+        ],
+        &cache,
+    );
+    assert!(out.success(), "{out}");
+    assert_eq!(
+        sha256(&get(&s.url("/v2/files/back/manifests/v3")).body),
+        set.index_digest()
+    );
+    // docker-archive is read-only: a clear usage error.
+    let out = berth(
+        &[
+            "copy",
+            &dst,
+            &format!("docker-archive:{}", tmp.path().join("x.tar").display()),
+        ],
+        &cache,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("does not write them"), "{out}");
 }
