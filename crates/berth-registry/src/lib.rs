@@ -25,7 +25,7 @@ pub use blobs::BlobBody;
 pub use error::{RegistryError, Result};
 pub use manifests::{Listing, Pushed, StoredManifest};
 pub use metrics::RegistryMetrics;
-pub use runs::{LastRuns, RunRecord, Verification};
+pub use runs::{LastRuns, ProbeResult, RunRecord, Verification};
 
 /// Seconds since the Unix epoch, injected so tests can move time.
 pub trait Clock: Send + Sync + 'static {

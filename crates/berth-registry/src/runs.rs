@@ -35,6 +35,21 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
+/// The last probe of one reference by the server's own prober (`[probe]`): the image
+/// pulled through berth's HTTP API the way a client pulls it.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub at: i64,
+    /// As configured (`repo:tag`).
+    pub reference: String,
+    pub repo: String,
+    pub took: Duration,
+    /// `ok (N manifests, M blobs, B bytes)`, or why it failed.
+    pub summary: String,
+    /// Empty when the image pulled whole.
+    pub problems: Vec<String>,
+}
+
 /// The last real (not dry) run of each job, and recent push verifications.
 #[derive(Clone, Debug, Default)]
 pub struct LastRuns {
@@ -46,6 +61,8 @@ pub struct LastRuns {
     pub scrub_problems: Vec<Problem>,
     /// Most recent first.
     pub verifications: VecDeque<Verification>,
+    /// The last probe of each configured reference, in configuration order.
+    pub probes: Vec<ProbeResult>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +74,15 @@ pub(crate) enum Job {
 }
 
 impl Registry {
+    /// Records the server prober's latest result for one reference.
+    pub fn note_probe(&self, result: ProbeResult) {
+        let mut last = self.last_runs.lock().unwrap();
+        match last.probes.iter_mut().find(|p| p.reference == result.reference) {
+            Some(p) => *p = result,
+            None => last.probes.push(result),
+        }
+    }
+
     /// What the last runs did.
     pub fn last_runs(&self) -> LastRuns {
         self.last_runs.lock().unwrap().clone()

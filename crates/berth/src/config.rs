@@ -37,6 +37,47 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default, rename = "access")]
     pub access: Vec<AccessRule>,
+    #[serde(default)]
+    pub probe: Probe,
+}
+
+/// `[probe]`: images the server pulls through its own API on a schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Probe {
+    pub references: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    pub verify: bool,
+    pub username: String,
+    pub password_env: String,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            references: Vec::new(),
+            interval: Duration::from_secs(15 * 60),
+            verify: false,
+            username: String::new(),
+            password_env: String::new(),
+        }
+    }
+}
+
+impl Probe {
+    /// The probe user's password, from `password_env`.
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        if self.password_env.is_empty() {
+            return Ok(None);
+        }
+        std::env::var(&self.password_env).map(Some).with_context(|| {
+            format!(
+                "probe.password_env: environment variable {} is not set",
+                self.password_env
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -370,6 +411,7 @@ impl Default for Config {
             upstreams: default_upstreams(),
             auth: Auth::default(),
             access: Vec::new(),
+            probe: Probe::default(),
         }
     }
 }
@@ -829,6 +871,17 @@ impl Config {
             if !h.is_empty() && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 bail!("{key}: {h:?} is not an HTTP header name");
             }
+        }
+        for (i, r) in self.probe.references.iter().enumerate() {
+            if let Err(e) = crate::probe::parse_local(r) {
+                bail!("probe.references[{i}]: {e}");
+            }
+        }
+        if self.probe.interval.is_zero() {
+            bail!("probe.interval: must be longer than zero");
+        }
+        if self.probe.username.is_empty() != self.probe.password_env.is_empty() {
+            bail!("probe.username and probe.password_env: set both (a user the rules let pull) or neither");
         }
         if self.auth.token_ttl.is_zero() {
             bail!("auth.token_ttl: must be longer than zero");

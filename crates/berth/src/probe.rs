@@ -702,6 +702,80 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// A `[probe]` reference on this server: `repo:tag` or `repo@sha256:...`.
+pub fn parse_local(reference: &str) -> Result<(RepoName, Reference), String> {
+    let t = parse_target(&format!("localhost/{reference}"))
+        .map_err(|e| e.replace("localhost/", "").replace("host[:port]/", ""))?;
+    Ok((t.repo, t.reference))
+}
+
+/// The server's own prober (`[probe]`): every `interval`, each reference is pulled through
+/// berth's own HTTP API at `base` the way a client pulls it (the same walk as
+/// `berth probe`), and the result is logged and kept for the web UI's health page.
+pub async fn serve_probes(
+    registry: std::sync::Arc<berth_registry::Registry>,
+    base: String,
+    cfg: crate::config::Probe,
+) {
+    let refs: Vec<(String, RepoName, Reference)> = cfg
+        .references
+        .iter()
+        .filter_map(|r| parse_local(r).ok().map(|(n, rf)| (r.clone(), n, rf)))
+        .collect();
+    let password = match cfg.password() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "probe: no password; the server's probes do not run");
+            return;
+        }
+    };
+    let up = match Upstream::new(UpstreamConfig {
+        name: "berth probe".into(),
+        url: base.clone(),
+        username: (!cfg.username.is_empty()).then(|| cfg.username.clone()),
+        password,
+        connect_timeout: Duration::from_secs(10),
+        read_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(60),
+        library_prefix: false,
+    }) {
+        Ok(up) => up,
+        Err(e) => {
+            tracing::error!(error = %e, %base, "probe: cannot reach the server's own API; the probes do not run");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (text, repo, reference) in &refs {
+            let start = std::time::Instant::now();
+            let out = walk(&up, repo, reference, cfg.verify).await;
+            let summary = if out.problems.is_empty() {
+                tracing::info!(reference = %text, manifests = out.manifests, blobs = out.blobs, "probe ok");
+                format!(
+                    "ok ({} manifests, {} blobs, {} bytes)",
+                    out.manifests, out.blobs, out.bytes
+                )
+            } else {
+                tracing::warn!(reference = %text, problems = %out.problems.join("; "), "probe failed");
+                format!("failed ({} problems)", out.problems.len())
+            };
+            registry.note_probe(berth_registry::ProbeResult {
+                at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+                reference: text.clone(),
+                repo: repo.to_string(),
+                took: start.elapsed(),
+                summary,
+                problems: out.problems,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

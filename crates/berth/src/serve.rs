@@ -219,12 +219,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let listener = listen(config.server.listen)?;
     let addr = listener.local_addr()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let tls_on = tls.is_some();
+    let scheme = if tls_on { "https" } else { "http" };
     tracing::info!(%addr, data_dir = %data.display(), scheme, "berth serving");
     // The line tests and scripts wait for.
     println!("berth listening on {scheme}://{addr}");
     std::io::stdout().flush().ok();
 
+    if !config.probe.references.is_empty() {
+        // The server's own API, on loopback, whatever address it listens on.
+        let port = addr.port();
+        let base = format!(
+            "{scheme}://{}",
+            if tls_on {
+                format!("localhost:{port}")
+            } else {
+                format!("127.0.0.1:{port}")
+            }
+        );
+        tokio::spawn(crate::probe::serve_probes(
+            registry.clone(),
+            base,
+            config.probe.clone(),
+        ));
+    }
     let options = crate::listener::Options {
         max_header_bytes: config.server.max_header_bytes,
         header_timeout: config.server.header_timeout,

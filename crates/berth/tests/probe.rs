@@ -540,3 +540,46 @@ fn periodic_mode_serves_metrics_and_stops_on_sigterm() {
         "berth probe did not stop cleanly on SIGTERM: {status:?}"
     );
 }
+
+/// The server's own prober (`[probe]`): a missing image, then a healthy one, then a
+/// damaged one, each shown on the health page within a few probe intervals.
+#[test]
+fn the_servers_own_probe_shows_on_the_health_page() {
+    let berth = TestServer::start(
+        BIN,
+        "[probe]\nreferences = [\"probed/app:v1\"]\ninterval = \"1s\"\nverify = true\n",
+    );
+    let health = || {
+        let r = http::get(&berth.url("/ui/health"), &[]).expect("GET /ui/health");
+        assert_eq!(r.status, 200);
+        r.body_str()
+    };
+    let until = |what: &str, wanted: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let page = health();
+            if wanted(&page) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "{what} not shown within 20 s:\n{page}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    // Not pushed yet: the probe fails and says so.
+    until("the failed probe of a missing image", &|p| {
+        p.contains("probed/app:v1") && p.contains("failed (")
+    });
+    let set = ImageSet::multi_platform(Flavor::Oci, "server-probe");
+    skopeo_push(&set, &berth.addr, "probed/app:v1", &[]);
+    let manifests = 1 + set.images.len();
+    until("the healthy probe", &|p| {
+        p.contains(&format!("ok ({manifests} manifests, "))
+    });
+    // A layer damaged on disk: the next full pull through the API catches it.
+    let victim = &set.images[0].layers[0].blob.digest;
+    std::fs::write(berth_blob_file(&berth.data_dir(), victim), b"rotten").unwrap();
+    let page = until("the damaged layer", &|p| {
+        p.contains("failed (") && p.contains(victim.as_str())
+    });
+    assert!(page.contains("probed/app:v1"), "{page}");
+}

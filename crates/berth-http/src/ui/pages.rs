@@ -46,6 +46,15 @@ pub(crate) struct VerifyRow {
     problems: String,
 }
 
+pub(crate) struct ProbeRow {
+    when: When,
+    reference: String,
+    link: String,
+    ok: bool,
+    summary: String,
+    problems: String,
+}
+
 struct Health {
     ready: Result<(), String>,
     hosted: Size,
@@ -58,6 +67,8 @@ struct Health {
     verifications: Vec<VerifyRow>,
     verified_ok: u64,
     verified_failed: u64,
+    /// The server's own probes (`[probe]`), those the viewer may see.
+    probes: Vec<ProbeRow>,
 }
 
 fn run_rows(app: &App) -> Vec<RunRow> {
@@ -164,6 +175,19 @@ async fn collect_health(app: &App, v: &Viewer) -> Result<Health, Response> {
             problems: x.problems.join("; "),
         })
         .collect();
+    let probes = last
+        .probes
+        .into_iter()
+        .filter(|p| v.sees(app, &p.repo))
+        .map(|p| ProbeRow {
+            when: view::when(Some(p.at)),
+            link: format!("/ui/repos/{}", enc(&p.repo)),
+            reference: p.reference,
+            ok: p.problems.is_empty(),
+            summary: p.summary,
+            problems: p.problems.join("; "),
+        })
+        .collect();
     let m = reg.metrics();
     Ok(Health {
         ready: reg.ready().await.map_err(|e| e.to_string()),
@@ -176,6 +200,7 @@ async fn collect_health(app: &App, v: &Viewer) -> Result<Health, Response> {
         verifications,
         verified_ok: m.push_verifications_of("ok"),
         verified_failed: m.push_verifications_of("failed") + m.push_verifications_of("error"),
+        probes,
     })
 }
 
