@@ -121,7 +121,9 @@ impl Registry {
             // replica cannot see that this one is writing to it.
             if touched.elapsed() >= TOUCH_EVERY {
                 touched = std::time::Instant::now();
-                self.meta.set_upload_size(&row.id, row.size, self.clock.now()).await?;
+                self.meta
+                    .set_upload_size(&row.id, row.size, self.clock.now())
+                    .await?;
             }
         }
         let (size, hasher) = sink.finish().await.map_err(StoreError::from)?;
@@ -189,7 +191,10 @@ impl Registry {
         }
         self.meta.set_upload_size(id, size, self.clock.now()).await?;
         let now = self.clock.now();
-        self.hashers.lock().unwrap().insert(id.clone(), (size, hasher, now));
+        self.hashers
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (size, hasher, now));
         Ok(size)
     }
 
@@ -318,7 +323,10 @@ impl Registry {
     pub async fn expire_uploads(&self, max_idle_secs: i64) -> Result<usize> {
         let cutoff = self.clock.now() - max_idle_secs;
         // Saved hash states of sessions that went on (or ended) on another replica.
-        self.hashers.lock().unwrap().retain(|_, (_, _, saved)| *saved >= cutoff);
+        self.hashers
+            .lock()
+            .unwrap()
+            .retain(|_, (_, _, saved)| *saved >= cutoff);
         let ids = self.meta.uploads_idle_since(cutoff).await?;
         let mut n = 0;
         for id in ids {

@@ -45,11 +45,7 @@ impl Replicas {
                 TestServer::start_in(dir, BIN, "", &config)
             })
             .collect();
-        Replicas {
-            servers,
-            db,
-            _s3: s3,
-        }
+        Replicas { servers, db, _s3: s3 }
     }
 
     fn base(&self, i: usize) -> String {
@@ -142,7 +138,11 @@ fn pull_image(base: &str, repo: &str, tag: &str, manifest_digest: &str) -> Resul
         None,
     )?;
     if r.status != 200 || sha256(&r.body) != manifest_digest {
-        return Err(format!("manifest {repo}:{tag} on {base}: {} {}", r.status, r.text()));
+        return Err(format!(
+            "manifest {repo}:{tag} on {base}: {} {}",
+            r.status,
+            r.text()
+        ));
     }
     let m = r.json();
     let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
@@ -196,7 +196,7 @@ fn skopeo_push_through_one_replica_pulls_through_the_others() {
         .collect();
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a.0, 200, "replica {}", i + 1);
-        assert_eq!(a.1.as_deref(), Some(&*set.index_digest()), "replica {}", i + 1);
+        assert_eq!(a.1.as_deref(), Some(set.index_digest()), "replica {}", i + 1);
         assert_eq!(sha256(&a.2), set.index_digest(), "replica {}", i + 1);
     }
     eprintln!("push/pull across replicas: {:?}", started.elapsed());
@@ -237,7 +237,12 @@ fn a_chunked_upload_hops_replicas() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.code(), "DIGEST_INVALID");
     for i in 0..3 {
-        assert_eq!(get(&format!("{}{s}", rs.base(i))).status, 404, "replica {}", i + 1);
+        assert_eq!(
+            get(&format!("{}{s}", rs.base(i))).status,
+            404,
+            "replica {}",
+            i + 1
+        );
     }
     eprintln!("chunked upload across replicas: {:?}", started.elapsed());
 }
@@ -362,12 +367,20 @@ fn sigkill_mid_fill_and_mid_upload_loses_nothing_acknowledged() {
         refill < Duration::from_secs(20),
         "the dead replica's fill lock held the pull for {refill:?}"
     );
-    assert_eq!(up.requests("GET", &upstream_path), 2, "one more fetch after the kill");
+    assert_eq!(
+        up.requests("GET", &upstream_path),
+        2,
+        "one more fetch after the kill"
+    );
     assert_blob(&rs.base(2), &format!("up.test/{UPSTREAM_REPO}"), &l, &layer);
 
     // The upload holds exactly the acknowledged chunk; another replica resumes it there
     // and a third finishes it.
-    assert_eq!(session_size(&rs.base(1), &session), half, "acknowledged bytes of the upload");
+    assert_eq!(
+        session_size(&rs.base(1), &session),
+        half,
+        "acknowledged bytes of the upload"
+    );
     let session = patch(&rs.base(1), &session, half, &data[half..half + (1 << 20)]);
     finish(&rs.base(2), &session, &digest, &data[half + (1 << 20)..]);
     assert_blob(&rs.base(1), "team/killed", &digest, &data);
@@ -492,12 +505,23 @@ fn gc_on_one_replica_fails_no_pull_on_the_others() {
     }
     for i in [1, 2] {
         let r = req("POST", &format!("{}/admin/gc", rs.base(i)), &[], None);
-        assert_eq!(r.status, 409, "GC on replica {} during the scrub: {}", i + 1, r.text());
+        assert_eq!(
+            r.status,
+            409,
+            "GC on replica {} during the scrub: {}",
+            i + 1,
+            r.text()
+        );
         assert!(r.text().contains("another replica"), "{}", r.text());
     }
     let s = scrub.join().unwrap();
     assert_eq!(s.status, 200, "scrub: {}", s.text());
-    assert_eq!(s.json()["problems"].as_array().map(Vec::len), Some(0), "{}", s.text());
+    assert_eq!(
+        s.json()["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        s.text()
+    );
     let r = req("POST", &format!("{}/admin/gc", rs.base(1)), &[], None);
     assert_eq!(r.status, 200, "GC on replica 2 after the scrub: {}", r.text());
 
@@ -507,9 +531,17 @@ fn gc_on_one_replica_fails_no_pull_on_the_others() {
     }
     let failures = failures.lock().unwrap();
     let pulls = pulls.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} of {pulls} pulls failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {pulls} pulls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(pulls >= 20, "only {pulls} pulls ran alongside the collections");
-    assert!(collected >= 6 * 3, "the collections removed only {collected} blobs");
+    assert!(
+        collected >= 6 * 3,
+        "the collections removed only {collected} blobs"
+    );
     // Everything tagged still pulls everywhere.
     for i in 0..3 {
         for (repo, tag, d) in images.iter() {

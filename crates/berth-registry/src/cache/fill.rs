@@ -434,7 +434,9 @@ impl Registry {
             self.blobs.commit_upload(&id, digest).await?;
             let now = self.clock.now();
             self.meta.mark_cached(&c.local, &c.source.name, now).await?;
-            self.meta.commit_blob(&c.local, digest, size, Some(&id), now).await?;
+            self.meta
+                .commit_blob(&c.local, digest, size, Some(&id), now)
+                .await?;
             Ok(Filled::Fetched)
         }
         .await;
