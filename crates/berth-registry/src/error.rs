@@ -78,7 +78,7 @@ pub enum RegistryError {
         waited: std::time::Duration,
     },
     #[error(
-        "another lifecycle run (garbage collection, retention or eviction) is in progress; try again when it ends"
+        "another lifecycle run (garbage collection, retention, eviction or scrub) is in progress, here or on another replica; try again when it ends"
     )]
     Busy,
     #[error(transparent)]

@@ -65,15 +65,21 @@ impl Default for Limits {
     }
 }
 
+/// The coordination job every lifecycle run takes: GC, retention and eviction all end in a
+/// collection and scrub may quarantine, so they exclude one another as they do in one
+/// process.
+const LIFECYCLE_JOB: &str = "lifecycle";
+
 pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     metrics: RegistryMetrics,
-    /// Hash state of uploads between requests: (bytes hashed, state). Lost on restart,
-    /// then rebuilt from the upload area.
-    hashers: Mutex<HashMap<UploadId, (u64, DigestHasher)>>,
+    /// Hash state of uploads between requests: (bytes hashed, state, when saved). Lost on
+    /// restart, or missing when the previous chunk went to another replica; then rebuilt
+    /// from the upload area.
+    hashers: Mutex<HashMap<UploadId, (u64, DigestHasher, i64)>>,
     /// Uploads a request is writing to right now.
     busy: Mutex<HashSet<UploadId>>,
     /// Configured upstreams (pull-through caches).
@@ -85,7 +91,8 @@ pub struct Registry {
     /// Held while blob bytes are moved into place and recorded, or checked and deleted:
     /// striped by digest, so a commit and a collection of one digest never interleave.
     bytes_locks: Vec<tokio::sync::Mutex<()>>,
-    /// One lifecycle run (GC, retention, eviction) at a time.
+    /// One lifecycle run (GC, retention, eviction, scrub) at a time in this process; see
+    /// [`Registry::lifecycle_turn`] for the lock across replicas.
     lifecycle: tokio::sync::Mutex<()>,
     /// Pull times being written, so a burst of pulls writes once.
     pulls_pending: Arc<Mutex<HashSet<(RepoName, Digest)>>>,
@@ -157,6 +164,22 @@ impl Registry {
             }
             pending.lock().unwrap().remove(&key);
         });
+    }
+
+    /// Takes the turn of a lifecycle run (GC, retention, eviction, scrub): one at a time in
+    /// this process, and one at a time across every replica sharing the metadata store
+    /// (`Coordination::try_lock_job`, an advisory lock on PostgreSQL). `Busy` when another
+    /// run holds either; the turn ends when the returned guards drop.
+    pub(crate) async fn lifecycle_turn(
+        &self,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, berth_store::LockGuard)> {
+        let here = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        let across = self
+            .meta
+            .try_lock_job(LIFECYCLE_JOB)
+            .await?
+            .ok_or(RegistryError::Busy)?;
+        Ok((here, across))
     }
 
     fn bytes_stripe(&self, digest: &Digest) -> usize {

@@ -10,6 +10,13 @@ use futures_util::{Stream, StreamExt};
 
 use crate::{Registry, RegistryError, Result};
 
+/// How often a long request body marks its upload session active.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A row without an area younger than this may be a session another replica is creating
+/// right now (row first, then area), so recovery leaves it to upload expiry.
+const RECOVERY_ROW_GRACE_SECS: i64 = 120;
+
 /// Releases an upload's busy mark when a request ends, however it ends.
 struct BusyGuard<'a> {
     registry: &'a Registry,
@@ -37,8 +44,13 @@ impl Registry {
     /// Opens an upload session in `repo`.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadId> {
         let id = UploadId::parse(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid upload id");
-        self.blobs.create_upload(&id).await?;
+        // The row first, then the area: recovery on a replica starting right now deletes
+        // areas no row knows, so an area must never exist before its row.
         self.meta.create_upload(&id, repo, self.clock.now()).await?;
+        if let Err(e) = self.blobs.create_upload(&id).await {
+            let _ = self.meta.delete_upload(&id).await;
+            return Err(e.into());
+        }
         Ok(id)
     }
 
@@ -72,9 +84,10 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        // A saved state for another size is stale: the chunks since went to another replica.
         let cached = self.hashers.lock().unwrap().remove(&row.id);
         let hasher = match cached {
-            Some((n, h)) if n == row.size => h,
+            Some((n, h, _)) if n == row.size => h,
             _ => self
                 .blobs
                 .hash_upload(&row.id, row.size, DigestHasher::new(Algorithm::Sha256))
@@ -88,6 +101,7 @@ impl Registry {
             .map_err(|e| area_error(&row.id, e))?;
         let limit = self.limits.max_blob_bytes;
         let mut size = row.size;
+        let mut touched = std::time::Instant::now();
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
@@ -103,6 +117,14 @@ impl Registry {
                 return Err(RegistryError::BlobTooLarge { limit });
             }
             sink.write(chunk).await.map_err(StoreError::from)?;
+            // A long body marks the session active now and then: upload expiry on another
+            // replica cannot see that this one is writing to it.
+            if touched.elapsed() >= TOUCH_EVERY {
+                touched = std::time::Instant::now();
+                self.meta
+                    .set_upload_size(&row.id, row.size, self.clock.now())
+                    .await?;
+            }
         }
         let (size, hasher) = sink.finish().await.map_err(StoreError::from)?;
         Ok((size, hasher))
@@ -168,7 +190,11 @@ impl Registry {
             }
         }
         self.meta.set_upload_size(id, size, self.clock.now()).await?;
-        self.hashers.lock().unwrap().insert(id.clone(), (size, hasher));
+        let now = self.clock.now();
+        self.hashers
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (size, hasher, now));
         Ok(size)
     }
 
@@ -238,7 +264,9 @@ impl Registry {
         self.cancel_upload_row(id).await
     }
 
-    async fn cancel_upload_row(&self, id: &UploadId) -> Result<()> {
+    /// Forgets an upload: its row first, then its area (an area without a row is what
+    /// recovery deletes; a row without an area would look live to other replicas).
+    pub(crate) async fn cancel_upload_row(&self, id: &UploadId) -> Result<()> {
         self.hashers.lock().unwrap().remove(id);
         self.meta.delete_upload(id).await?;
         self.blobs.abort_upload(id).await?;
@@ -257,9 +285,14 @@ impl Registry {
     }
 
     /// Reconciles upload areas with upload rows after a restart: an area without a row
-    /// (a crash while one was created or cancelled) is deleted, and so is a row without an
-    /// area (a crash between moving finished bytes into place and recording them).
+    /// (a crash while one was cancelled) is deleted, and so is a row without an area idle
+    /// for a while (a crash between moving finished bytes into place and recording them).
     /// Returns how many of each were removed.
+    ///
+    /// Safe while other replicas share the stores: a session's row is written before its
+    /// area and deleted before it (fills too), and the areas are listed before the rows,
+    /// so an area no listed row knows is dead; a young row without an area may be one
+    /// being created elsewhere and is left alone.
     pub async fn recover_uploads(&self) -> Result<(usize, usize)> {
         let on_disk: HashSet<UploadId> = self.blobs.upload_ids().await?.into_iter().collect();
         let rows: HashSet<UploadId> = self
@@ -268,12 +301,18 @@ impl Registry {
             .await?
             .into_iter()
             .collect();
+        let idle: HashSet<UploadId> = self
+            .meta
+            .uploads_idle_since(self.clock.now() - RECOVERY_ROW_GRACE_SECS)
+            .await?
+            .into_iter()
+            .collect();
         let (mut areas, mut stale_rows) = (0, 0);
         for id in on_disk.difference(&rows) {
             self.blobs.abort_upload(id).await?;
             areas += 1;
         }
-        for id in rows.difference(&on_disk) {
+        for id in rows.difference(&on_disk).filter(|id| idle.contains(*id)) {
             self.meta.delete_upload(id).await?;
             stale_rows += 1;
         }
@@ -282,10 +321,13 @@ impl Registry {
 
     /// Removes upload sessions idle for longer than `max_idle_secs`; returns how many.
     pub async fn expire_uploads(&self, max_idle_secs: i64) -> Result<usize> {
-        let ids = self
-            .meta
-            .uploads_idle_since(self.clock.now() - max_idle_secs)
-            .await?;
+        let cutoff = self.clock.now() - max_idle_secs;
+        // Saved hash states of sessions that went on (or ended) on another replica.
+        self.hashers
+            .lock()
+            .unwrap()
+            .retain(|_, (_, _, saved)| *saved >= cutoff);
+        let ids = self.meta.uploads_idle_since(cutoff).await?;
         let mut n = 0;
         for id in ids {
             if self.busy.lock().unwrap().contains(&id) {

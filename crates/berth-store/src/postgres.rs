@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_oci::{Digest, RepoName, Tag, UploadId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction};
 
 use crate::meta::*;
 use crate::migrate;
@@ -142,6 +142,9 @@ impl PgMeta {
             .connect_with(opts.clone())
             .await?;
         migrate_pg(&pool).await?;
+        // Lock connections wait on purpose (a replica waiting for another's fill): that is
+        // not a slow statement worth a warning.
+        let opts = opts.disable_statement_logging();
         Ok(PgMeta {
             pool,
             opts,

@@ -364,8 +364,17 @@ async fn scheduled(
                 registry.scrub(&opts).await.map(drop)
             }
         };
-        if let Err(e) = result {
-            tracing::warn!(?job, error = %e, "scheduled lifecycle run did not complete");
+        match result {
+            // Another run holds the lifecycle lock, in this process or on another replica
+            // sharing the metadata store: that run does the work, so this one skips.
+            Err(berth_registry::RegistryError::Busy) => {
+                tracing::info!(
+                    ?job,
+                    "scheduled lifecycle run skipped: another run (here or on another replica) holds the lifecycle lock"
+                )
+            }
+            Err(e) => tracing::warn!(?job, error = %e, "scheduled lifecycle run did not complete"),
+            Ok(()) => {}
         }
     }
 }

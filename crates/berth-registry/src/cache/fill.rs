@@ -6,6 +6,13 @@
 //! Readers never get the last byte before the digest verifies, so a failed fill (short
 //! body, wrong bytes, reset, timeout) ends every response with an error, never with a
 //! complete wrong body. Nothing of a failed fill is kept; the next request starts anew.
+//!
+//! Replicas sharing one metadata store and one bucket fill a digest once between them:
+//! a fill takes `Coordination::lock_fill` before it asks the upstream, and a replica that
+//! got the lock after another one held it first looks whether the blob was committed
+//! meanwhile and, if so, serves it from the store. The lock lives in a PostgreSQL session,
+//! so a replica that dies mid-fill releases it; its upload row and area (never a blob)
+//! stay until upload expiry removes them.
 
 use std::io;
 use std::sync::Arc;
@@ -117,6 +124,18 @@ impl FillState {
         self.done.is_some() || (self.size.is_some() && self.progress.is_some())
     }
 }
+
+/// How a fill ended well.
+enum Filled {
+    /// Fetched from the upstream, verified and committed here.
+    Fetched,
+    /// Another replica committed the blob while this one waited for the fill lock.
+    ByReplica,
+}
+
+/// How often a long fill marks its upload row active, so upload expiry on another
+/// replica does not take it for abandoned.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 enum Joined {
     /// The fill finished and verified: read the store.
@@ -261,10 +280,14 @@ impl Registry {
     async fn run_fill(self: Arc<Self>, c: CachedRepo, digest: Digest, fill: Arc<Fill>) {
         let result = self.fill(&c, &digest, &fill).await;
         let outcome = match &result {
-            Ok(()) => {
+            Ok(Filled::Fetched) => {
                 let size = fill.state.borrow().size.unwrap_or(0);
                 self.count_cache_bytes(&c, "upstream", size);
                 "ok"
+            }
+            Ok(Filled::ByReplica) => {
+                tracing::debug!(repo = %c.local, %digest, "blob filled by another replica; serving it from the store");
+                "replica"
             }
             Err(e @ RegistryError::FillsBusy { .. }) => {
                 tracing::warn!(repo = %c.local, %digest, error = %e, "blob fill refused: no turn free");
@@ -285,7 +308,7 @@ impl Registry {
         // Outcome first, then forget the fill: a request arriving after this sees the
         // stored blob, or starts a fresh fill after a failure.
         fill.state
-            .send_modify(|s| s.done = Some(result.map_err(|e| FillError::of(&e))));
+            .send_modify(|s| s.done = Some(result.map(drop).map_err(|e| FillError::of(&e))));
         self.fills.lock().unwrap().remove(&digest);
     }
 
@@ -316,7 +339,42 @@ impl Registry {
         }
     }
 
-    async fn fill(&self, c: &CachedRepo, digest: &Digest, fill: &Fill) -> Result<()> {
+    /// Waits for the fill lock of `digest` across replicas, at most
+    /// `limits.fill_queue_timeout`. `None` when the wait ran out: the replica holding it
+    /// has been filling for longer than that (a large blob, a slow upstream), and a pull
+    /// that fetches a second time beats one that fails; the conditional create of the
+    /// blob store keeps the two commits from clobbering each other.
+    async fn fill_lock(&self, c: &CachedRepo, digest: &Digest) -> Result<Option<berth_store::LockGuard>> {
+        let waited = self.limits.fill_queue_timeout;
+        match tokio::time::timeout(waited, self.meta.lock_fill(digest)).await {
+            Ok(lock) => Ok(Some(lock?)),
+            Err(_) => {
+                tracing::warn!(
+                    repo = %c.local,
+                    %digest,
+                    waited_secs = waited.as_secs(),
+                    "another replica has been filling this blob for longer than limits.fill_queue_timeout; fetching it here too"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// True when the blob's row and bytes are both in place (committed by another replica
+    /// while this one waited for the fill lock). Bytes of another size are damage a fill
+    /// must heal, not a reason to skip it.
+    async fn committed_meanwhile(&self, digest: &Digest) -> Result<bool> {
+        let Some(recorded) = self.meta.blob_size(digest).await? else {
+            return Ok(false);
+        };
+        Ok(self.blobs.stat(digest).await? == Some(recorded))
+    }
+
+    async fn fill(&self, c: &CachedRepo, digest: &Digest, fill: &Fill) -> Result<Filled> {
+        let _across = self.fill_lock(c, digest).await?;
+        if self.committed_meanwhile(digest).await? {
+            return Ok(Filled::ByReplica);
+        }
         let _turn = self.fill_turn(c).await?;
         let reference = digest.to_string();
         let resp = c
@@ -326,7 +384,14 @@ impl Registry {
             .await
             .map_err(|e| self.upstream_failed(c, e, "blob", &reference))?;
         let id = UploadId::parse(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid upload id");
-        self.blobs.create_upload(&id).await?;
+        // A row first, then the area, as for a pushed upload: startup recovery on any
+        // replica deletes only areas no row knows, and upload expiry cleans up after a
+        // replica that died mid-fill.
+        self.meta.create_upload(&id, &c.local, self.clock.now()).await?;
+        if let Err(e) = self.blobs.create_upload(&id).await {
+            let _ = self.meta.delete_upload(&id).await;
+            return Err(e.into());
+        }
         let result = async {
             let mut sink = self
                 .blobs
@@ -340,9 +405,15 @@ impl Registry {
                 s.progress = announced.map(|_| sink.progress());
             });
             let mut body = resp.body;
+            let (mut written, mut touched) = (0u64, std::time::Instant::now());
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| self.upstream_failed(c, e, "blob", &reference))?;
+                written += chunk.len() as u64;
                 sink.write(chunk).await.map_err(StoreError::from)?;
+                if touched.elapsed() >= TOUCH_EVERY {
+                    touched = std::time::Instant::now();
+                    self.meta.set_upload_size(&id, written, self.clock.now()).await?;
+                }
             }
             let (size, hasher) = sink.finish().await.map_err(StoreError::from)?;
             let invalid = |message| RegistryError::UpstreamInvalid {
@@ -363,12 +434,14 @@ impl Registry {
             self.blobs.commit_upload(&id, digest).await?;
             let now = self.clock.now();
             self.meta.mark_cached(&c.local, &c.source.name, now).await?;
-            self.meta.commit_blob(&c.local, digest, size, None, now).await?;
-            Ok(())
+            self.meta
+                .commit_blob(&c.local, digest, size, Some(&id), now)
+                .await?;
+            Ok(Filled::Fetched)
         }
         .await;
         if result.is_err() {
-            let _ = self.blobs.abort_upload(&id).await;
+            let _ = self.cancel_upload_row(&id).await;
         }
         result
     }

@@ -102,7 +102,7 @@ impl Registry {
     }
 
     async fn scrub_once(self: &Arc<Self>, opts: &ScrubOptions) -> Result<ScrubReport> {
-        let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        let _turn = self.lifecycle_turn().await?;
         let started = Instant::now();
         let mut report = ScrubReport::default();
         let wanted = |repo: &str| opts.repositories.as_ref().is_none_or(|p| p.matches(repo));

@@ -9,7 +9,7 @@ use berth_store::Deletion;
 
 use super::gc::{GcOutcome, Grace};
 use crate::runs::Job;
-use crate::{Registry, RegistryError, Result};
+use crate::{Registry, Result};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EvictionPolicy {
@@ -54,7 +54,7 @@ impl Registry {
         grace: Grace,
         dry_run: bool,
     ) -> Result<EvictionOutcome> {
-        let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        let _turn = self.lifecycle_turn().await?;
         let now = self.clock.now();
         // Every tag of every cached repository, least recently used first.
         let mut images = Vec::new();

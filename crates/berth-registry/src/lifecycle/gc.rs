@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use berth_store::{Deletion, GcReport};
 
 use crate::runs::Job;
-use crate::{Registry, RegistryError, Result};
+use crate::{Registry, Result};
 
 /// What a collection did (or would do).
 #[derive(Debug)]
@@ -61,7 +61,7 @@ impl Registry {
     }
 
     async fn collect_garbage_once(&self, grace: Grace, dry_run: bool) -> Result<GcOutcome> {
-        let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        let _turn = self.lifecycle_turn().await?;
         let out = self.collect(&[], grace, dry_run).await?;
         if !dry_run {
             self.record_run("gc", out.took);

@@ -7,7 +7,7 @@ use berth_store::Deletion;
 
 use super::gc::{GcOutcome, Grace};
 use crate::runs::Job;
-use crate::{Registry, RegistryError, Result};
+use crate::{Registry, Result};
 
 pub use berth_oci::Pattern;
 
@@ -61,7 +61,7 @@ impl Registry {
         grace: Grace,
         dry_run: bool,
     ) -> Result<RetentionOutcome> {
-        let _one = self.lifecycle.try_lock().map_err(|_| RegistryError::Busy)?;
+        let _turn = self.lifecycle_turn().await?;
         let now = self.clock.now();
         let mut deletions = Vec::new();
         let mut tags = Vec::new();
