@@ -72,8 +72,6 @@ async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
                 other => anyhow::anyhow!("opening the S3 blob store: {other}"),
             })?;
             tracing::info!(store = %settings.describe(), prefix = %settings.prefix, "blobs in S3");
-            // storage.s3.redirect: the HTTP layer will ask this store for presigned URLs
-            // (S3BlobStore::presigned_get); wiring it is separate work.
             Arc::new(store)
         }
     })
@@ -129,6 +127,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .with_upstreams(cache_sources(&config)?)
         .with_verify_on_read(config.storage.verify_on_read)
+        .with_blob_redirects(
+            (config.storage.blobs == BlobBackend::S3 && config.storage.s3.redirect)
+                .then_some(config.storage.s3.presign_ttl),
+        )
         .with_verify_after_push(config.scrub.verify_after_push),
     );
     let lifecycle = berth_http::admin::LifecycleDefaults {
