@@ -20,7 +20,7 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, BrowseMeta, CachedTag, Coordination, Deletion, GcReport, IntegrityMeta, LifecycleMeta,
+    BlobMeta, BrowseMeta, COPIED_TABLES, CachedTag, Cell, ColumnKind, Coordination, RowCopy, Table, Deletion, GcReport, IntegrityMeta, LifecycleMeta,
     LockGuard, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, RefRow, Referrer, Removal,
     RepoSummary, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
 };
