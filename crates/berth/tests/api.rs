@@ -110,16 +110,22 @@ fn monolithic_upload_and_blob_reads() {
     }
 
     // sha512 digests are accepted.
-    use sha2::Digest as _;
-    let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&data)));
-    let r = req(
-        "POST",
-        &format!("{b}/v2/team/app/blobs/uploads/?digest={d512}"),
-        &[],
-        Some(&data),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(get(&format!("{b}/v2/team/app/blobs/{d512}")).body, data);
+    if !berth_testkit::skip_on_s3pg(
+        "monolithic_upload_and_blob_reads, its sha512 part",
+        "s3s-fs names a multipart upload's metadata file after the base64 of the object key, \
+         which for a sha512 blob key is longer than a file name may be (ENAMETOOLONG)",
+    ) {
+        use sha2::Digest as _;
+        let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&data)));
+        let r = req(
+            "POST",
+            &format!("{b}/v2/team/app/blobs/uploads/?digest={d512}"),
+            &[],
+            Some(&data),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(get(&format!("{b}/v2/team/app/blobs/{d512}")).body, data);
+    }
 
     // Blob DELETE removes it from the repository.
     assert_eq!(
