@@ -130,8 +130,9 @@ push() { # BASE -> seconds
     loc=$(curl -sS -o /dev/null -D - -X POST -H 'Content-Length: 0' "$1/v2/$REPO/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
     [ -n "$loc" ] || die "POST upload on $1 gave no Location"
     case $loc in /*) loc=$1$loc ;; esac
+    case $loc in *\?*) loc="$loc&" ;; *) loc="$loc?" ;; esac
     t0=$(date +%s.%N)
-    code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -T "$BLOB" -H 'Expect:' -H 'Content-Type: application/octet-stream' "$loc&digest=$DIGEST")
+    code=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -T "$BLOB" -H 'Expect:' -H 'Content-Type: application/octet-stream' "${loc}digest=$DIGEST")
     t1=$(date +%s.%N)
     [ "$code" = 201 ] || die "PUT to $1 answered $code"
     awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'

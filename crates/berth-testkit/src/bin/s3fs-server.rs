@@ -20,7 +20,7 @@ fn main() {
         .build()
         .expect("a runtime");
     rt.block_on(async move {
-        let fs = s3s_fs::FileSystem::new(&root).unwrap_or_else(|e| panic!("s3s-fs on {root}: {e}"));
+        let fs = s3s_fs::FileSystem::new(&root).unwrap_or_else(|e| panic!("s3s-fs on {root}: {e:?}"));
         let mut b = s3s::service::S3ServiceBuilder::new(fs);
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
