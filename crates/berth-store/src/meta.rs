@@ -414,7 +414,11 @@ pub const COPIED_TABLES: &[Table] = &[
 
 impl Table {
     pub fn column_list(&self) -> String {
-        self.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+        self.columns
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The primary key columns, in order (`ORDER BY` and conflict detection).

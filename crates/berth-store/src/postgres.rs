@@ -1255,9 +1255,12 @@ impl RowCopy for PgMeta {
     }
 
     async fn count_rows(&self, table: &Table) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {}", table.name)))
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {}",
+            table.name
+        )))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n as u64)
     }
 }

@@ -951,7 +951,11 @@ impl BrowseMeta for SqliteMeta {
 impl RowCopy for SqliteMeta {
     async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
         // Tags in rowid order: the order they were created, which listings fall back on.
-        let order = if table.name == "tags" { "rowid" } else { table.key() };
+        let order = if table.name == "tags" {
+            "rowid"
+        } else {
+            table.key()
+        };
         let sql = format!(
             "SELECT {} FROM {} ORDER BY {order} LIMIT ? OFFSET ?",
             table.column_list(),
@@ -983,9 +987,12 @@ impl RowCopy for SqliteMeta {
     }
 
     async fn count_rows(&self, table: &Table) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {}", table.name)))
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {}",
+            table.name
+        )))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n as u64)
     }
 }

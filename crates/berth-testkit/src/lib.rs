@@ -16,7 +16,7 @@ pub struct TestServer {
     server_config: String,
     /// Under `BERTH_TEST_BACKEND=s3pg`: the bucket and database this server keeps its
     /// blobs and rows in, for its whole life (restarts included).
-    backend: Option<S3PgBackend>,
+    backend: Option<Box<S3PgBackend>>,
     /// `127.0.0.1:PORT`
     pub addr: String,
     /// `http` or `https`, as the server reported when it started.
@@ -75,7 +75,7 @@ impl TestServer {
             .lines()
             .any(|l| l.trim_start().starts_with("blobs") || l.trim_start().starts_with("metadata"));
         if backend_is_s3pg() && !picks_storage {
-            s.backend = Some(S3PgBackend::start(s.dir.path()));
+            s.backend = Some(Box::new(S3PgBackend::start(s.dir.path())));
         }
         s.spawn(listen);
         s
@@ -151,7 +151,11 @@ impl TestServer {
     /// damage stored bytes work on both.
     pub fn blob_root(&self) -> PathBuf {
         match &self.backend {
-            Some(b) => b._s3.object_dir().expect("s3s-fs keeps objects in files").join(S3PG_PREFIX),
+            Some(b) => b
+                ._s3
+                .object_dir()
+                .expect("s3s-fs keeps objects in files")
+                .join(S3PG_PREFIX),
             None => self.data_dir(),
         }
     }
@@ -246,7 +250,9 @@ impl S3PgBackend {
         let s3 = s3::S3Server::s3s_fs();
         let db = postgres::PgCluster::shared().create_database();
         let config = s3.berth_config(dir, S3PG_PREFIX);
-        let (blobs, table) = config.split_once('\n').expect("berth_config: blobs line, then the table");
+        let (blobs, table) = config
+            .split_once('\n')
+            .expect("berth_config: blobs line, then the table");
         let name = db.rsplit('/').next().unwrap_or_default().to_string();
         S3PgBackend {
             db: name,

@@ -82,7 +82,11 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<bool> {
     if let Metadata::Sqlite(db) = from.storage.metadata()
         && !db.exists()
     {
-        bail!("--from {}: there is no metadata database at {}", args.from.display(), db.display());
+        bail!(
+            "--from {}: there is no metadata database at {}",
+            args.from.display(),
+            db.display()
+        );
     }
     // Both data directories are locked for the whole run: a server running on the
     // source would go on changing it behind the copy, one on the destination would serve
@@ -112,7 +116,9 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<bool> {
 
 fn same_place(a: &Config, b: &Config) -> bool {
     let blobs_same = match (a.storage.blobs, b.storage.blobs) {
-        (BlobBackend::Fs, BlobBackend::Fs) => canonical(&a.storage.data_dir) == canonical(&b.storage.data_dir),
+        (BlobBackend::Fs, BlobBackend::Fs) => {
+            canonical(&a.storage.data_dir) == canonical(&b.storage.data_dir)
+        }
         (BlobBackend::S3, BlobBackend::S3) => {
             let (x, y) = (&a.storage.s3, &b.storage.s3);
             x.endpoint == y.endpoint && x.bucket == y.bucket && x.prefix == y.prefix
@@ -147,7 +153,9 @@ fn describe(c: &Config) -> String {
     };
     let meta = match c.storage.metadata() {
         Metadata::Sqlite(p) => format!("SQLite {}", p.display()),
-        Metadata::Postgres(url) => berth_store::postgres::describe_url(&url).unwrap_or_else(|| "PostgreSQL".into()),
+        Metadata::Postgres(url) => {
+            berth_store::postgres::describe_url(&url).unwrap_or_else(|| "PostgreSQL".into())
+        }
     };
     format!("{blobs} + {meta}")
 }
@@ -163,10 +171,16 @@ struct Counts {
 
 async fn migrate(from: &Config, to: &Config, args: &MigrateArgs, progress: Progress) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let src_blobs = crate::serve::open_blobs(from).await.context("--from: blob store")?;
-    let src_meta = crate::serve::open_metadata(from).await.context("--from: metadata store")?;
+    let src_blobs = crate::serve::open_blobs(from)
+        .await
+        .context("--from: blob store")?;
+    let src_meta = crate::serve::open_metadata(from)
+        .await
+        .context("--from: metadata store")?;
     let dst_blobs = crate::serve::open_blobs(to).await.context("--to: blob store")?;
-    let dst_meta = crate::serve::open_metadata(to).await.context("--to: metadata store")?;
+    let dst_meta = crate::serve::open_metadata(to)
+        .await
+        .context("--to: metadata store")?;
     progress.line(&format!("from: {}", describe(from)));
     progress.line(&format!("to:   {}", describe(to)));
 
@@ -244,7 +258,14 @@ async fn migrate(from: &Config, to: &Config, args: &MigrateArgs, progress: Progr
     }
 
     // 3. Verification at the destination.
-    let ok = verify(src_meta.as_ref(), dst_meta.as_ref(), dst_blobs.as_ref(), args.verify, &progress).await?;
+    let ok = verify(
+        src_meta.as_ref(),
+        dst_meta.as_ref(),
+        dst_blobs.as_ref(),
+        args.verify,
+        &progress,
+    )
+    .await?;
     println!(
         "migrate-storage: {} in {:.1}s",
         if ok { "done" } else { "FAILED verification" },
@@ -318,9 +339,15 @@ async fn verify(
 ) -> anyhow::Result<bool> {
     let mut problems = Vec::new();
     for table in COPIED_TABLES {
-        let (s, d) = (src_meta.count_rows(table).await?, dst_meta.count_rows(table).await?);
+        let (s, d) = (
+            src_meta.count_rows(table).await?,
+            dst_meta.count_rows(table).await?,
+        );
         if d < s {
-            problems.push(format!("{}: {d} rows at the destination, {s} at the source", table.name));
+            problems.push(format!(
+                "{}: {d} rows at the destination, {s} at the source",
+                table.name
+            ));
         }
     }
     let mut after: Option<Digest> = None;
@@ -337,7 +364,9 @@ async fn verify(
         for (digest, size) in page {
             match dst_blobs.stat(&digest).await? {
                 Some(n) if n == size => {}
-                Some(n) => problems.push(format!("blob {digest}: {n} bytes at the destination, {size} recorded")),
+                Some(n) => problems.push(format!(
+                    "blob {digest}: {n} bytes at the destination, {size} recorded"
+                )),
                 None => problems.push(format!("blob {digest}: missing at the destination")),
             }
             if rehash && let Some(read) = dst_blobs.open(&digest, None).await? {
@@ -374,7 +403,11 @@ fn uuid_like() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    format!("{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn bytes(n: u64) -> String {
@@ -385,7 +418,11 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Progress on stderr: a bar on a terminal, a plain line every few seconds otherwise,
@@ -461,7 +498,11 @@ impl Progress {
                 let mut last = self.last_line.lock().unwrap();
                 if n == blobs || last.elapsed() >= Duration::from_secs(5) {
                     *last = Instant::now();
-                    eprintln!("migrate-storage: blobs {n}/{blobs}, {}/{}", bytes(b), bytes(total));
+                    eprintln!(
+                        "migrate-storage: blobs {n}/{blobs}, {}/{}",
+                        bytes(b),
+                        bytes(total)
+                    );
                 }
             }
         }

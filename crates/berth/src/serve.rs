@@ -103,7 +103,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Held shared while serving (replicas may share a directory), so `berth
     // migrate-storage`, which takes it exclusively, refuses to copy a live installation.
     let _data_lock = crate::migrate_cli::lock_data_dir(data, false)?.with_context(|| {
-        format!("{}: `berth migrate-storage` is working on this data directory", data.display())
+        format!(
+            "{}: `berth migrate-storage` is working on this data directory",
+            data.display()
+        )
     })?;
     let blobs = open_blobs(&config).await?;
     let meta = open_metadata(&config).await?;

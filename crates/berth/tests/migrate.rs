@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use berth_testkit::TestServer;
 use berth_testkit::clients::{Output, Skopeo, docker_ref, run};
-use berth_testkit::images::{Flavor, Image, ImageSet, OciLayout, Platform, assert_layout_holds_set, large_layer};
+use berth_testkit::images::{
+    Flavor, Image, ImageSet, OciLayout, Platform, assert_layout_holds_set, large_layer,
+};
 use berth_testkit::postgres::PgCluster;
 use berth_testkit::s3::S3Server;
 use support::*;
@@ -34,7 +36,10 @@ fn config(dir: &Path, storage: &str) -> PathBuf {
     let path = dir.join("migrate.toml");
     std::fs::write(
         &path,
-        format!("[storage]\ndata_dir = \"{}\"\n{storage}", dir.join("data").display()),
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n{storage}",
+            dir.join("data").display()
+        ),
     )
     .unwrap();
     path
@@ -48,7 +53,11 @@ fn line_with<'a>(out: &'a str, prefix: &str) -> &'a str {
 
 fn blob_files(data: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for d in std::fs::read_dir(data.join("blobs/sha256")).into_iter().flatten().flatten() {
+    for d in std::fs::read_dir(data.join("blobs/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         out.extend(std::fs::read_dir(d.path()).unwrap().flatten().map(|f| f.path()));
     }
     out.sort();
@@ -84,17 +93,23 @@ fn fs_sqlite_to_s3_postgres_and_back_then_every_image_pulls() {
     let s3 = S3Server::s3s_fs();
     let db = PgCluster::shared().create_database();
     let dst_dir = tempfile::tempdir().unwrap();
-    let s3pg = format!("metadata = \"{db}\"\n{}", s3.berth_config(dst_dir.path(), "moved"));
+    let s3pg = format!(
+        "metadata = \"{db}\"\n{}",
+        s3.berth_config(dst_dir.path(), "moved")
+    );
     let to = config(dst_dir.path(), &s3pg);
 
     // Refused while the source is serving.
     let refused = migrate(&from, &to, &[]).failed();
     assert_eq!(refused.status.code(), Some(2), "{refused}");
     assert!(
-        refused.stderr.contains("a berth server is running on the data directory"),
+        refused
+            .stderr
+            .contains("a berth server is running on the data directory"),
         "{refused}"
     );
-    src.terminate(Duration::from_secs(10)).expect("berth stops on SIGTERM");
+    src.terminate(Duration::from_secs(10))
+        .expect("berth stops on SIGTERM");
 
     let n_blobs = blob_files(&src.data_dir()).len();
     let first = migrate(&from, &to, &[]).ok();
@@ -105,7 +120,10 @@ fn fs_sqlite_to_s3_postgres_and_back_then_every_image_pulls() {
             && blobs_line.ends_with(", 0 already at the destination (0 B)"),
         "{out}"
     );
-    assert!(line_with(&out, "migrate-storage: tags:").contains("3 rows, 3 copied"), "{out}");
+    assert!(
+        line_with(&out, "migrate-storage: tags:").contains("3 rows, 3 copied"),
+        "{out}"
+    );
     assert!(out.contains(&format!("verified {n_blobs} blobs")), "{out}");
     assert!(out.contains("migrate-storage: done in"), "{out}");
     // Progress went to stderr as plain lines (not a terminal).
@@ -120,8 +138,14 @@ fn fs_sqlite_to_s3_postgres_and_back_then_every_image_pulls() {
         )),
         "{out}"
     );
-    assert!(line_with(&out, "migrate-storage: manifests:").contains(", 0 copied,"), "{out}");
-    assert!(again.stderr.trim().is_empty(), "--quiet printed progress: {again}");
+    assert!(
+        line_with(&out, "migrate-storage: manifests:").contains(", 0 copied,"),
+        "{out}"
+    );
+    assert!(
+        again.stderr.trim().is_empty(),
+        "--quiet printed progress: {again}"
+    );
 
     // Every image pulls from S3 + PostgreSQL and verifies, tags included.
     let moved = TestServer::start_in(dst_dir, BIN, "", &s3pg);
@@ -133,20 +157,34 @@ fn fs_sqlite_to_s3_postgres_and_back_then_every_image_pulls() {
             assert_layout_holds_set(&OciLayout::open(&tmp.path().join(&dir)), tag, &set);
         }
         let dir = format!("{out}-big");
-        skopeo.copy(&docker_ref(&reg.addr, "team/big", "v1"), &format!("dir:{}", tmp.path().join(&dir).display()), &[]);
+        skopeo.copy(
+            &docker_ref(&reg.addr, "team/big", "v1"),
+            &format!("dir:{}", tmp.path().join(&dir).display()),
+            &[],
+        );
         let layer = &big.layers[0].blob;
-        let got = std::fs::read(tmp.path().join(&dir).join(layer.digest.strip_prefix("sha256:").unwrap())).unwrap();
+        let got = std::fs::read(
+            tmp.path()
+                .join(&dir)
+                .join(layer.digest.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap();
         assert!(got == layer.data, "the large layer pulled from {out} differs");
     };
     pull(&moved, "s3pg");
     let manifest = get(&moved.url(&format!("/v2/team/big/manifests/{}", big.manifest.digest)));
     assert_eq!(manifest.status, 200);
-    assert!(manifest.body == big.manifest.data, "manifest bytes changed on the way");
+    assert!(
+        manifest.body == big.manifest.data,
+        "manifest bytes changed on the way"
+    );
 
     // And back to the filesystem + SQLite, re-hashing everything at the end. Half the
     // blobs are already there (an interrupted earlier run), one of them damaged.
     let mut moved = moved;
-    moved.terminate(Duration::from_secs(10)).expect("berth stops on SIGTERM");
+    moved
+        .terminate(Duration::from_secs(10))
+        .expect("berth stops on SIGTERM");
     let back_dir = tempfile::tempdir().unwrap();
     let back = config(back_dir.path(), fs_storage);
     let files = blob_files(&src.data_dir());
@@ -162,15 +200,19 @@ fn fs_sqlite_to_s3_postgres_and_back_then_every_image_pulls() {
     let out = r.stdout_str();
     let half = files.len() / 2;
     assert!(
-        line_with(&out, "migrate-storage: blobs:").contains(&format!(
-            "{} copied",
-            files.len() - half + 1
-        )) && out.contains(&format!("{} already at the destination", half - 1))
+        line_with(&out, "migrate-storage: blobs:").contains(&format!("{} copied", files.len() - half + 1))
+            && out.contains(&format!("{} already at the destination", half - 1))
             && out.contains("1 of them replacing damaged copies"),
         "{out}"
     );
-    assert!(out.contains("by re-hashing at the destination, 0 problem(s)"), "{out}");
-    assert_eq!(std::fs::read(&damaged).unwrap(), std::fs::read(&files[0]).unwrap());
+    assert!(
+        out.contains("by re-hashing at the destination, 0 problem(s)"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        std::fs::read(&files[0]).unwrap()
+    );
     let home = TestServer::start_in(back_dir, BIN, "", fs_storage);
     pull(&home, "back");
     assert_eq!(get(&home.url("/v2/team/multi/tags/list")).json(), tags_before);
@@ -182,7 +224,10 @@ fn refuses_the_same_store_twice_and_a_missing_source() {
     let a = config(tmp.path(), "");
     let r = migrate(&a, &a, &[]).failed();
     assert_eq!(r.status.code(), Some(2), "{r}");
-    assert!(r.stderr.contains("name the same blob store and metadata store"), "{r}");
+    assert!(
+        r.stderr.contains("name the same blob store and metadata store"),
+        "{r}"
+    );
     let other = tempfile::tempdir().unwrap();
     let b = config(other.path(), "");
     let r = migrate(&a, &b, &[]).failed();

@@ -238,34 +238,57 @@ fn whole_blob_gets_redirect_to_presigned_urls_that_skopeo_follows() {
             "{location} is not a presigned URL of {}",
             s3.endpoint
         );
-        assert!(location.contains("X-Amz-Expires=120"), "presign_ttl 2m: {location}");
+        assert!(
+            location.contains("X-Amz-Expires=120"),
+            "presign_ttl 2m: {location}"
+        );
         let fetched = http::get(&location, &[]).unwrap();
         assert_eq!(fetched.status, 200, "GET {location}: {fetched}");
-        assert_eq!(sha256_digest(&fetched.body), b.digest, "bytes behind the redirect");
+        assert_eq!(
+            sha256_digest(&fetched.body),
+            b.digest,
+            "bytes behind the redirect"
+        );
 
         // HEAD and ranges are answered by berth itself.
         let h = http::head(&url, &[]).unwrap();
         assert_eq!(h.status, 200, "HEAD {url}: {h}");
-        assert_eq!(h.header("content-length"), Some(b.data.len().to_string().as_str()));
+        assert_eq!(
+            h.header("content-length"),
+            Some(b.data.len().to_string().as_str())
+        );
         let r = http::get_with(&url, &[("Range", "bytes=0-0")]).unwrap();
         assert_eq!(r.status, 206, "ranged GET {url}: {r}");
         assert_eq!(r.body, b.data[..1]);
     }
     // A tampered signature is refused by the store: the URL really is signed.
     let url = reg.url(&format!("/v2/redir/app/blobs/{}", blobs[0].digest));
-    let location = http::get(&url, &[]).unwrap().header("location").unwrap().to_string();
+    let location = http::get(&url, &[])
+        .unwrap()
+        .header("location")
+        .unwrap()
+        .to_string();
     let forged = location.replace("X-Amz-Expires=120", "X-Amz-Expires=9999");
-    assert_eq!(http::get(&forged, &[]).unwrap().status, 403, "a forged URL was accepted");
+    assert_eq!(
+        http::get(&forged, &[]).unwrap().status,
+        403,
+        "a forged URL was accepted"
+    );
     // Unknown blobs and other repositories are not redirected anywhere.
     let missing = format!("sha256:{}", "0".repeat(64));
     assert_eq!(
-        http::get(&reg.url(&format!("/v2/redir/app/blobs/{missing}")), &[]).unwrap().status,
+        http::get(&reg.url(&format!("/v2/redir/app/blobs/{missing}")), &[])
+            .unwrap()
+            .status,
         404
     );
     assert_eq!(
-        http::get(&reg.url(&format!("/v2/redir/other/blobs/{}", blobs[0].digest)), &[])
-            .unwrap()
-            .status,
+        http::get(
+            &reg.url(&format!("/v2/redir/other/blobs/{}", blobs[0].digest)),
+            &[]
+        )
+        .unwrap()
+        .status,
         404
     );
 

@@ -1372,12 +1372,21 @@ pub async fn fill_for_copy(store: &dyn MetaStore) {
         vec![r(RefKind::Manifest, &image.digest, true)],
     );
     put(store, &app, &index, Some(&tag("multi")), 1003).await;
-    store.touch_pulled(&app, &image.digest, 1500).await.expect("touch_pulled");
+    store
+        .touch_pulled(&app, &image.digest, 1500)
+        .await
+        .expect("touch_pulled");
     store.mark_verified(&layer, 1600).await.expect("mark_verified");
     let cached = repo("up.test/library/x");
-    store.mark_cached(&cached, "up.test", 1100).await.expect("mark_cached");
+    store
+        .mark_cached(&cached, "up.test", 1100)
+        .await
+        .expect("mark_cached");
     let cl = blob("copy-cached-layer");
-    store.commit_blob(&cached, &cl, 5, None, 1101).await.expect("commit_blob");
+    store
+        .commit_blob(&cached, &cl, 5, None, 1101)
+        .await
+        .expect("commit_blob");
     let cm = Man::image("copy-cached", &cl, &[&cl]);
     assert_eq!(
         store
@@ -1398,7 +1407,10 @@ pub async fn fill_for_copy(store: &dyn MetaStore) {
             .expect("put_manifest"),
         PutManifest::Stored
     );
-    store.touch_tag(&cached, &tag("latest"), 1200).await.expect("touch_tag");
+    store
+        .touch_tag(&cached, &tag("latest"), 1200)
+        .await
+        .expect("touch_tag");
     store
         .create_upload(&uid("0b1e5b9e-1e4a-4d0e-9a39-5ad1d1f0c0de"), &app, 1300)
         .await
@@ -1454,24 +1466,39 @@ pub async fn row_copy_into_a_fresh_store(from: &dyn MetaStore, to: &dyn MetaStor
             "{} differs after the copy",
             table.name
         );
-        assert_eq!(to.count_rows(table).await.unwrap(), from.count_rows(table).await.unwrap());
+        assert_eq!(
+            to.count_rows(table).await.unwrap(),
+            from.count_rows(table).await.unwrap()
+        );
     }
     assert_eq!(copy_rows(from, to).await, 0, "a second copy added rows");
     // What a registry reads, read back from the copy.
     let app = repo("copy/app");
     for t in ["zeta", "alpha", "multi"] {
-        let (a, b) = (by_tag(from, &app, t).await.unwrap(), by_tag(to, &app, t).await.unwrap());
-        assert_eq!((a.digest, a.body, a.tag_checked_at, a.last_pulled), (b.digest, b.body, b.tag_checked_at, b.last_pulled));
+        let (a, b) = (
+            by_tag(from, &app, t).await.unwrap(),
+            by_tag(to, &app, t).await.unwrap(),
+        );
+        assert_eq!(
+            (a.digest, a.body, a.tag_checked_at, a.last_pulled),
+            (b.digest, b.body, b.tag_checked_at, b.last_pulled)
+        );
     }
     assert_eq!(tags(to, &app).await, tags(from, &app).await);
     assert_eq!(
         to.tag_details("copy/app").await.unwrap(),
         from.tag_details("copy/app").await.unwrap()
     );
-    assert_eq!(to.repositories_by_kind().await.unwrap(), from.repositories_by_kind().await.unwrap());
+    assert_eq!(
+        to.repositories_by_kind().await.unwrap(),
+        from.repositories_by_kind().await.unwrap()
+    );
     assert_eq!(to.cached_tags().await.unwrap(), from.cached_tags().await.unwrap());
     assert_eq!(to.storage_stats().await.unwrap().hosted_blobs, 2);
-    assert_eq!(to.blobs_page(None, 100).await.unwrap(), from.blobs_page(None, 100).await.unwrap());
+    assert_eq!(
+        to.blobs_page(None, 100).await.unwrap(),
+        from.blobs_page(None, 100).await.unwrap()
+    );
     assert_eq!(
         to.repo_blob_size(&app, &blob("copy-layer")).await.unwrap(),
         Some(9)

@@ -25,10 +25,15 @@ fn main() {
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        println!("s3fs-server listening on http://{}", listener.local_addr().unwrap());
+        println!(
+            "s3fs-server listening on http://{}",
+            listener.local_addr().unwrap()
+        );
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
             let conn = http
                 .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
                 .into_owned();
