@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
+use crate::cache::Located;
 use crate::metrics::ProblemLabel;
 use crate::{Registry, RegistryError, Result};
 
@@ -32,6 +33,38 @@ impl Registry {
             Some(m) => Ok(m.body.len() as u64),
             None => Err(RegistryError::BlobUnknown(digest.clone())),
         }
+    }
+
+    /// Where a whole-blob GET of `digest` in `repo` can be redirected: a presigned URL of
+    /// the blob store, when redirects are on, the blob is linked into `repo` and its bytes
+    /// are stored with the recorded size (the checks a served read makes first). `None`
+    /// means "serve it as usual": redirects off, a manifest read through the blob endpoint,
+    /// a blob a cache still has to fill, or a store that cannot presign. For a cached
+    /// repository the caller passes its local name; a hit counts as one.
+    pub async fn blob_redirect(&self, located: &Located, digest: &Digest) -> Result<Option<String>> {
+        let Some(ttl) = self.redirect_ttl else {
+            return Ok(None);
+        };
+        let repo = located.local();
+        let Some(size) = self.meta.repo_blob_size(repo, digest).await? else {
+            return Ok(None);
+        };
+        let on_store = self.blobs.stat(digest).await?;
+        if let Located::Cached(_) = located
+            && on_store != Some(size)
+        {
+            // A damaged cached blob is re-fetched by the usual path, which heals it.
+            return Ok(None);
+        }
+        self.check_stored(digest, size, on_store)?;
+        let Some(url) = self.blobs.presigned_url(digest, ttl).await? else {
+            return Ok(None);
+        };
+        if let Located::Cached(c) = located {
+            self.count_cache(c, "blob", "hit");
+        }
+        self.metrics.blob_redirects.inc();
+        Ok(Some(url))
     }
 
     /// Opens a blob for reading, whole or one range. The caller learns the blob's size

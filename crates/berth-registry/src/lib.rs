@@ -98,6 +98,9 @@ pub struct Registry {
     pulls_pending: Arc<Mutex<HashSet<(RepoName, Digest)>>>,
     /// Hash every whole-blob read while it streams (storage.verify_on_read).
     verify_on_read: bool,
+    /// Answer whole-blob GETs with a redirect to a presigned URL valid this long, when the
+    /// blob store can make one (storage.s3.redirect, storage.s3.presign_ttl).
+    redirect_ttl: Option<std::time::Duration>,
     /// Walk every pushed image like a pull right after the push.
     verify_after_push: bool,
     /// What the last lifecycle and integrity runs did (for the web UI).
@@ -129,6 +132,7 @@ impl Registry {
             lifecycle: tokio::sync::Mutex::new(()),
             pulls_pending: Arc::default(),
             verify_on_read: true,
+            redirect_ttl: None,
             verify_after_push: true,
             last_runs: Mutex::default(),
         }
@@ -141,6 +145,14 @@ impl Registry {
     }
 
     /// Whether whole-blob reads are hashed as they stream (on by default).
+    /// Whole-blob GETs of stored blobs redirect to presigned URLs valid for `ttl` (when the
+    /// blob store makes them). Those bytes are not hashed on their way (verify_on_read
+    /// cannot apply to bytes berth does not serve): scrub covers them.
+    pub fn with_blob_redirects(mut self, ttl: Option<std::time::Duration>) -> Registry {
+        self.redirect_ttl = ttl;
+        self
+    }
+
     pub fn with_verify_on_read(mut self, on: bool) -> Registry {
         self.verify_on_read = on;
         self

@@ -104,6 +104,8 @@ pub struct RegistryMetrics {
     /// Blob reads refused because the bytes were missing or of the wrong size.
     pub blob_read_errors: Family<ProblemLabel, Counter>,
     pub uploads_expired: Counter,
+    /// Whole-blob GETs answered with a redirect to a presigned URL (storage.s3.redirect).
+    pub blob_redirects: Counter,
     pub digest_mismatches: Counter,
     pub blobs_committed: Counter,
     pub bytes_committed: Counter,
@@ -124,6 +126,11 @@ impl RegistryMetrics {
             "berth_blob_read_errors",
             "Blob reads refused because stored bytes were missing or of the wrong size",
             self.blob_read_errors.clone(),
+        );
+        r.register(
+            "berth_blob_redirects",
+            "Whole-blob GETs redirected to a presigned URL of the blob store",
+            self.blob_redirects.clone(),
         );
         r.register(
             "berth_uploads_expired",

@@ -88,4 +88,11 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Proves the store can take writes now (for readiness).
     async fn check_writable(&self) -> Result<()>;
+    /// A URL from which a client can GET the whole blob directly for `ttl` (an S3
+    /// presigned URL), so its bytes bypass the registry. `None` when this store cannot hand
+    /// one out (the filesystem). Signed, not checked: ask only for blobs known to exist.
+    async fn presigned_url(&self, digest: &Digest, ttl: std::time::Duration) -> Result<Option<String>> {
+        let _ = (digest, ttl);
+        Ok(None)
+    }
 }

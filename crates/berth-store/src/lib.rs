@@ -20,9 +20,10 @@ pub mod sqlite;
 
 pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
-    BlobMeta, BrowseMeta, CachedTag, Coordination, Deletion, GcReport, IntegrityMeta, LifecycleMeta,
-    LockGuard, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest, RefRow, Referrer, Removal,
-    RepoSummary, StorageStats, TagInfo, UploadMeta, UploadRow, Usage,
+    BlobMeta, BrowseMeta, COPIED_TABLES, CachedTag, Cell, ColumnKind, Coordination, Deletion, GcReport,
+    IntegrityMeta, LifecycleMeta, LockGuard, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest,
+    RefRow, Referrer, Removal, RepoSummary, RowCopy, StorageStats, Table, TagInfo, UploadMeta, UploadRow,
+    Usage,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -332,9 +332,188 @@ pub trait BrowseMeta: Send + Sync {
     async fn cached_tags(&self) -> Result<Vec<CachedTag>>;
 }
 
+/// What kind of value a column holds (NULL allowed in every kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    Int,
+    Text,
+    Bytes,
+}
+
+/// One value of a row being copied between metadata stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// A table `berth migrate-storage` copies: its columns (the same in every backend) and
+/// the order rows are read in (the primary key; for tags, creation order, which listings
+/// of tags fall back on).
+#[derive(Debug)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [(&'static str, ColumnKind)],
+}
+
+use ColumnKind::{Bytes as B, Int as I, Text as T};
+
+/// Every table that says what a registry holds, parents first. Upload sessions are not
+/// copied: their bytes are half-made, and a client restarts an upload that is gone.
+pub const COPIED_TABLES: &[Table] = &[
+    Table {
+        name: "repositories",
+        columns: &[("name", T), ("kind", T), ("upstream", T), ("created_at", I)],
+    },
+    Table {
+        name: "blobs",
+        columns: &[
+            ("digest", T),
+            ("size", I),
+            ("created_at", I),
+            ("last_access", I),
+            ("verified_at", I),
+        ],
+    },
+    Table {
+        name: "repo_blobs",
+        columns: &[("repo", T), ("digest", T), ("created_at", I)],
+    },
+    Table {
+        name: "manifests",
+        columns: &[
+            ("repo", T),
+            ("digest", T),
+            ("media_type", T),
+            ("artifact_type", T),
+            ("subject", T),
+            ("annotations", T),
+            ("size", I),
+            ("body", B),
+            ("pushed_at", I),
+            ("last_pulled", I),
+        ],
+    },
+    Table {
+        name: "manifest_refs",
+        columns: &[("repo", T), ("parent", T), ("child", T), ("kind", T)],
+    },
+    Table {
+        name: "tags",
+        columns: &[
+            ("repo", T),
+            ("name", T),
+            ("digest", T),
+            ("updated_at", I),
+            ("upstream_checked_at", I),
+        ],
+    },
+];
+
+impl Table {
+    pub fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The primary key columns, in order (`ORDER BY` and conflict detection).
+    pub fn key(&self) -> &'static str {
+        match self.name {
+            "repositories" => "name",
+            "blobs" => "digest",
+            "repo_blobs" => "repo, digest",
+            "manifests" => "repo, digest",
+            "manifest_refs" => "repo, parent, child, kind",
+            "tags" => "repo, name",
+            other => unreachable!("table {other} is not copied"),
+        }
+    }
+}
+
+/// Whole tables out of one metadata store and into another (`berth migrate-storage`),
+/// with every column as stored: manifests' bytes, timestamps, tag creation order. Meant for
+/// stores no registry is serving from.
+#[async_trait]
+pub trait RowCopy: Send + Sync {
+    /// Rows of `table` (one of [`COPIED_TABLES`]) from position `offset`, at most `limit`,
+    /// in key order (tags: in the order they were created), values in column order.
+    async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>>;
+    /// Inserts rows in the order given, skipping those whose key is already present (so a
+    /// copy can be run again); one transaction. Returns how many rows were new.
+    async fn import_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<u64>;
+    async fn count_rows(&self, table: &Table) -> Result<u64>;
+}
+
+/// Reads a row's columns as `table` declares them (a macro: the row types of SQLite and
+/// PostgreSQL share no usable trait bound).
+macro_rules! row_cells {
+    ($table:expr, $row:expr) => {{
+        use sqlx::Row as _;
+        $table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, kind))| {
+                Ok(match kind {
+                    $crate::meta::ColumnKind::Int => $row
+                        .try_get::<Option<i64>, _>(i)?
+                        .map_or($crate::meta::Cell::Null, $crate::meta::Cell::Int),
+                    $crate::meta::ColumnKind::Text => $row
+                        .try_get::<Option<String>, _>(i)?
+                        .map_or($crate::meta::Cell::Null, $crate::meta::Cell::Text),
+                    $crate::meta::ColumnKind::Bytes => $row
+                        .try_get::<Option<Vec<u8>>, _>(i)?
+                        .map_or($crate::meta::Cell::Null, $crate::meta::Cell::Bytes),
+                })
+            })
+            .collect::<$crate::Result<Vec<$crate::meta::Cell>>>()
+    }};
+}
+pub(crate) use row_cells;
+
+/// Binds a row's values to `$query` as `table` declares them; a value of the wrong kind
+/// is an error naming the table and column.
+macro_rules! bind_cells {
+    ($query:expr, $table:expr, $row:expr) => {{
+        let mut q = $query;
+        if $row.len() != $table.columns.len() {
+            return Err($crate::StoreError::Corrupt(format!(
+                "a row of {} has {} values, not {}",
+                $table.name,
+                $row.len(),
+                $table.columns.len()
+            )));
+        }
+        for (cell, (column, kind)) in $row.iter().zip($table.columns) {
+            use $crate::meta::{Cell, ColumnKind};
+            q = match (kind, cell) {
+                (ColumnKind::Int, Cell::Int(v)) => q.bind(Some(*v)),
+                (ColumnKind::Int, Cell::Null) => q.bind(None::<i64>),
+                (ColumnKind::Text, Cell::Text(v)) => q.bind(Some(v.as_str())),
+                (ColumnKind::Text, Cell::Null) => q.bind(None::<&str>),
+                (ColumnKind::Bytes, Cell::Bytes(v)) => q.bind(Some(v.as_slice())),
+                (ColumnKind::Bytes, Cell::Null) => q.bind(None::<&[u8]>),
+                (kind, cell) => {
+                    return Err($crate::StoreError::Corrupt(format!(
+                        "{}.{column}: a {kind:?} column given {cell:?}",
+                        $table.name
+                    )));
+                }
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_cells;
+
 #[async_trait]
 pub trait MetaStore:
-    BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + BrowseMeta + Coordination
+    BlobMeta + ManifestMeta + UploadMeta + LifecycleMeta + IntegrityMeta + BrowseMeta + Coordination + RowCopy
 {
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;

@@ -788,6 +788,10 @@ fn same_size(digest: &Digest, existing: u64, size: u64) -> io::Result<()> {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
+    async fn presigned_url(&self, digest: &Digest, ttl: Duration) -> Result<Option<String>> {
+        self.presigned_get(digest, ttl).await.map(Some)
+    }
+
     async fn create_upload(&self, id: &UploadId) -> Result<()> {
         // Creating an area again starts it over, like truncating a file.
         if self.inner.exists(&self.inner.marker(id)).await?.is_some() {

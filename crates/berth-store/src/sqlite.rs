@@ -948,6 +948,56 @@ impl BrowseMeta for SqliteMeta {
 }
 
 #[async_trait]
+impl RowCopy for SqliteMeta {
+    async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
+        // Tags in rowid order: the order they were created, which listings fall back on.
+        let order = if table.name == "tags" {
+            "rowid"
+        } else {
+            table.key()
+        };
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {order} LIMIT ? OFFSET ?",
+            table.column_list(),
+            table.name
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(i64::from(limit))
+            .bind(offset as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| row_cells!(table, r)).collect()
+    }
+
+    async fn import_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<u64> {
+        let marks = vec!["?"; table.columns.len()].join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO {}({}) VALUES ({marks})",
+            table.name,
+            table.column_list()
+        );
+        let mut tx = self.write_tx().await?;
+        let mut added = 0;
+        for row in rows {
+            let q = bind_cells!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), table, row);
+            added += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn count_rows(&self, table: &Table) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {}",
+            table.name
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+}
+
+#[async_trait]
 impl MetaStore for SqliteMeta {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -14,6 +14,9 @@ pub struct TestServer {
     dir: tempfile::TempDir,
     extra_config: String,
     server_config: String,
+    /// Under `BERTH_TEST_BACKEND=s3pg`: the bucket and database this server keeps its
+    /// blobs and rows in, for its whole life (restarts included).
+    backend: Option<Box<S3PgBackend>>,
     /// `127.0.0.1:PORT`
     pub addr: String,
     /// `http` or `https`, as the server reported when it started.
@@ -63,9 +66,17 @@ impl TestServer {
             dir,
             extra_config: extra_config.to_string(),
             server_config: server_config.to_string(),
+            backend: None,
             addr: String::new(),
             scheme: String::new(),
         };
+        // A test that picks its own storage (S3 or PostgreSQL tests) keeps it.
+        let picks_storage = extra_config
+            .lines()
+            .any(|l| l.trim_start().starts_with("blobs") || l.trim_start().starts_with("metadata"));
+        if backend_is_s3pg() && !picks_storage {
+            s.backend = Some(Box::new(S3PgBackend::start(s.dir.path())));
+        }
         s.spawn(listen);
         s
     }
@@ -75,10 +86,14 @@ impl TestServer {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"{listen}\"\nshutdown_timeout = \"5s\"\n{}\n[storage]\ndata_dir = \"{}\"\n{}\n",
+                "[server]\nlisten = \"{listen}\"\nshutdown_timeout = \"5s\"\n{}\n[storage]\ndata_dir = \"{}\"\n{}{}\n{}",
                 self.server_config,
                 self.data_dir().display(),
-                self.extra_config
+                self.backend.as_ref().map(|b| b.storage_keys.as_str()).unwrap_or(""),
+                self.extra_config,
+                // `[storage.s3]` after whatever tables the test added: TOML allows a
+                // sub-table to follow other tables.
+                self.backend.as_ref().map(|b| b.s3_table.as_str()).unwrap_or(""),
             ),
         )
         .expect("write config");
@@ -130,6 +145,21 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
+    /// Where this server's blob files are: `blobs/<alg>/<2 hex>/<hex>` under it. The data
+    /// directory, or under `BERTH_TEST_BACKEND=s3pg` the s3s-fs directory holding the
+    /// bucket's objects under the server's prefix (same layout), so tests that look at or
+    /// damage stored bytes work on both.
+    pub fn blob_root(&self) -> PathBuf {
+        match &self.backend {
+            Some(b) => b
+                ._s3
+                .object_dir()
+                .expect("s3s-fs keeps objects in files")
+                .join(S3PG_PREFIX),
+            None => self.data_dir(),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -175,6 +205,72 @@ pub fn terminate(mut child: Child, within: Duration) -> Option<std::process::Exi
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// True when `BERTH_TEST_BACKEND=s3pg`: every [`TestServer`] (that does not pick its own
+/// storage) keeps its blobs in an S3 bucket (s3s-fs, in the test process) and its metadata
+/// in a fresh PostgreSQL database of the test process's cluster, instead of the data
+/// directory's files and SQLite. `scripts/test-s3pg` runs the end-to-end suite this way.
+pub fn backend_is_s3pg() -> bool {
+    match std::env::var("BERTH_TEST_BACKEND").as_deref() {
+        Ok("s3pg") => true,
+        Ok("") | Ok("fs") | Err(_) => false,
+        Ok(other) => panic!("BERTH_TEST_BACKEND={other:?}: expected \"s3pg\" or \"fs\""),
+    }
+}
+
+/// For a test that reads or damages files in the data directory (blob files, upload
+/// areas): under `BERTH_TEST_BACKEND=s3pg` those files do not exist, so it prints why it
+/// is skipped and returns true. The same behaviour on S3 is covered by the blob store
+/// contract suite and crates/berth/tests/s3.rs.
+pub fn skip_on_s3pg(test: &str, why: &str) -> bool {
+    if backend_is_s3pg() {
+        eprintln!("SKIPPED under BERTH_TEST_BACKEND=s3pg: {test}: {why}");
+        return true;
+    }
+    false
+}
+
+const S3PG_PREFIX: &str = "berth";
+
+/// One server's S3 bucket (an s3s-fs server of its own, cheap: it runs in the test process)
+/// and PostgreSQL database.
+struct S3PgBackend {
+    _s3: s3::S3Server,
+    /// Dropped with the server (a database takes ~8 MB; a test file starts dozens).
+    db: String,
+    /// `blobs = "s3"` and `metadata = "postgres://..."`, inside `[storage]`.
+    storage_keys: String,
+    /// The `[storage.s3]` table.
+    s3_table: String,
+}
+
+impl S3PgBackend {
+    fn start(dir: &Path) -> S3PgBackend {
+        let s3 = s3::S3Server::s3s_fs();
+        let db = postgres::PgCluster::shared().create_database();
+        let config = s3.berth_config(dir, S3PG_PREFIX);
+        let (blobs, table) = config
+            .split_once('\n')
+            .expect("berth_config: blobs line, then the table");
+        let name = db.rsplit('/').next().unwrap_or_default().to_string();
+        S3PgBackend {
+            db: name,
+            storage_keys: format!("{blobs}\nmetadata = \"{db}\"\n"),
+            s3_table: format!("{table}\n"),
+            _s3: s3,
+        }
+    }
+}
+
+impl Drop for S3PgBackend {
+    fn drop(&mut self) {
+        // The server is already killed (TestServer::drop runs first).
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            postgres::PgCluster::shared().psql("postgres", &sql)
+        }));
+    }
 }
 
 impl Drop for TestServer {

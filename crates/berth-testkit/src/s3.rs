@@ -138,6 +138,14 @@ impl S3Server {
         );
     }
 
+    /// The directory s3s-fs keeps objects in: `<root>/<bucket>/<key>` (None for moto).
+    pub fn object_dir(&self) -> Option<PathBuf> {
+        match &self.running {
+            Running::InProcess { _root, .. } => Some(_root.path().join(&self.bucket)),
+            Running::Moto(_) => None,
+        }
+    }
+
     /// Configuration lines for `berth serve` (appended inside `[storage]`, as
     /// [`crate::TestServer`] places extra configuration) keeping blobs in this bucket under
     /// `prefix`. The credentials go into files in `dir`, which the configuration names.

@@ -6,6 +6,7 @@ mod archive_cli;
 mod config;
 mod hosts_toml;
 mod listener;
+mod migrate_cli;
 mod probe;
 mod serve;
 mod transfer_cli;
@@ -89,6 +90,11 @@ enum Command {
     /// Copy every tag of every repository under a prefix (from the source catalog) to
     /// another registry, then verify each at the destination the way a client pulls it.
     Mirror(transfer_cli::MirrorArgs),
+    /// Copy an installation's storage into another backend (filesystem + SQLite to S3 +
+    /// PostgreSQL, or back): every blob streamed and re-hashed, then every metadata row,
+    /// then a verification pass. Resumable: what the destination has is skipped. The
+    /// source must be stopped (refused while a server holds its data directory).
+    MigrateStorage(migrate_cli::MigrateArgs),
     /// Manage an htpasswd file (bcrypt) for `auth.htpasswd`; a running server picks up
     /// changes within seconds.
     Users {
@@ -240,6 +246,17 @@ fn main() -> std::process::ExitCode {
         // 0 copied, 1 something left uncopied, 2 usage, 130 interrupted.
         Command::Copy(a) => return transfer_cli::copy(a),
         Command::Mirror(a) => return transfer_cli::mirror(a),
+        // 0 migrated and verified, 1 blobs uncopied or verification failed, 2 could not run.
+        Command::MigrateStorage(a) => {
+            return match migrate_cli::run(a) {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => std::process::ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("berth: {e:#}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
         Command::Users { command } => users(command),
         Command::Config {
             command: ConfigCommand::Default,

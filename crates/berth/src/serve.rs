@@ -55,7 +55,7 @@ fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 
 /// The blob store `storage.blobs` names. An S3 bucket is checked before serving, so bad
 /// credentials, a missing bucket or an unreachable endpoint stop the start with a sentence.
-async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+pub(crate) async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let data = &config.storage.data_dir;
     Ok(match config.storage.blobs {
         BlobBackend::Fs => Arc::new(
@@ -72,8 +72,6 @@ async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
                 other => anyhow::anyhow!("opening the S3 blob store: {other}"),
             })?;
             tracing::info!(store = %settings.describe(), prefix = %settings.prefix, "blobs in S3");
-            // storage.s3.redirect: the HTTP layer will ask this store for presigned URLs
-            // (S3BlobStore::presigned_get); wiring it is separate work.
             Arc::new(store)
         }
     })
@@ -81,7 +79,7 @@ async fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
 
 /// The metadata store `storage.metadata` names. Errors name the key and where it points,
 /// never the password.
-async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+pub(crate) async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
     Ok(match config.storage.metadata() {
         Metadata::Sqlite(path) => Arc::new(
             SqliteMeta::open(&path)
@@ -102,6 +100,14 @@ async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data = &config.storage.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
+    // Held shared while serving (replicas may share a directory), so `berth
+    // migrate-storage`, which takes it exclusively, refuses to copy a live installation.
+    let _data_lock = crate::migrate_cli::lock_data_dir(data, false)?.with_context(|| {
+        format!(
+            "{}: `berth migrate-storage` is working on this data directory",
+            data.display()
+        )
+    })?;
     let blobs = open_blobs(&config).await?;
     let meta = open_metadata(&config).await?;
 
@@ -129,6 +135,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .with_upstreams(cache_sources(&config)?)
         .with_verify_on_read(config.storage.verify_on_read)
+        .with_blob_redirects(
+            (config.storage.blobs == BlobBackend::S3 && config.storage.s3.redirect)
+                .then_some(config.storage.s3.presign_ttl),
+        )
         .with_verify_after_push(config.scrub.verify_after_push),
     );
     let lifecycle = berth_http::admin::LifecycleDefaults {

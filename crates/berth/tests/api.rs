@@ -110,16 +110,22 @@ fn monolithic_upload_and_blob_reads() {
     }
 
     // sha512 digests are accepted.
-    use sha2::Digest as _;
-    let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&data)));
-    let r = req(
-        "POST",
-        &format!("{b}/v2/team/app/blobs/uploads/?digest={d512}"),
-        &[],
-        Some(&data),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(get(&format!("{b}/v2/team/app/blobs/{d512}")).body, data);
+    if !berth_testkit::skip_on_s3pg(
+        "monolithic_upload_and_blob_reads, its sha512 part",
+        "s3s-fs names a multipart upload's metadata file after the base64 of the object key, \
+         which for a sha512 blob key is longer than a file name may be (ENAMETOOLONG)",
+    ) {
+        use sha2::Digest as _;
+        let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&data)));
+        let r = req(
+            "POST",
+            &format!("{b}/v2/team/app/blobs/uploads/?digest={d512}"),
+            &[],
+            Some(&data),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(get(&format!("{b}/v2/team/app/blobs/{d512}")).body, data);
+    }
 
     // Blob DELETE removes it from the repository.
     assert_eq!(
@@ -606,7 +612,7 @@ fn damaged_bytes_on_disk_are_never_served_as_success() {
     let data = bytes(10, 50_000);
     let d = push_blob(&b, "dmg", &data);
     let hex = d.strip_prefix("sha256:").unwrap();
-    let file = s.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let file = s.blob_root().join("blobs/sha256").join(&hex[..2]).join(hex);
     // Truncated on disk (the field-notes "200 with 0 bytes" case).
     std::fs::write(&file, &data[..100]).unwrap();
     let r = get(&format!("{b}/v2/dmg/blobs/{d}"));
@@ -659,10 +665,24 @@ fn idle_upload_sessions_expire() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(
-        std::fs::read_dir(s.data_dir().join("uploads")).unwrap().count(),
-        0
-    );
+    // No upload area is left: no directory on the filesystem, no object in S3 (where
+    // s3s-fs may leave empty directories behind, so files are counted).
+    fn files(d: &std::path::Path) -> usize {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| if e.path().is_dir() { files(&e.path()) } else { 1 })
+            .sum()
+    }
+    if berth_testkit::backend_is_s3pg() {
+        assert_eq!(files(&s.blob_root().join("uploads")), 0);
+    } else {
+        assert_eq!(
+            std::fs::read_dir(s.data_dir().join("uploads")).unwrap().count(),
+            0
+        );
+    }
     assert!(
         get(&format!("{b}/metrics"))
             .text()

@@ -42,7 +42,7 @@ fn blob_path(digest: &str) -> String {
 
 fn stored(s: &TestServer, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").unwrap();
-    s.data_dir()
+    s.blob_root()
         .join("blobs/sha256")
         .join(&hex[..2])
         .join(hex)

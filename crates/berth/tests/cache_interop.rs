@@ -206,7 +206,7 @@ fn catalog(berth: &TestServer) -> Vec<String> {
 fn stored(berth: &TestServer, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
     berth
-        .data_dir()
+        .blob_root()
         .join("blobs/sha256")
         .join(&hex[..2])
         .join(hex)

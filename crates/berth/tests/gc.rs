@@ -74,7 +74,7 @@ fn gc_keeps_what_tags_reach_and_removes_exactly_the_rest() {
     // Another tag in the same repository, deleted below, and an image elsewhere.
     let (old, _) = push_image(&b, "gc/app", "old", 31, 2);
     let (other, other_bytes) = push_image(&b, "gc/other", "keep", 32, 2);
-    let before = files_on_disk(&s.data_dir());
+    let before = files_on_disk(&s.blob_root());
 
     // Delete the other tag; within the grace period GC keeps even the untagged manifest.
     assert_eq!(
@@ -112,7 +112,7 @@ fn gc_keeps_what_tags_reach_and_removes_exactly_the_rest() {
     assert_eq!(refs["manifests"][0]["digest"], referrer_digest.as_str());
     assert_eq!(get(&format!("{b}/v2/gc/other/manifests/keep")).body, other_bytes);
     // Only the old image's own blobs left the disk.
-    let after = files_on_disk(&s.data_dir());
+    let after = files_on_disk(&s.blob_root());
     let removed: BTreeSet<_> = before.difference(&after).cloned().collect();
     assert_eq!(
         removed.len(),
@@ -135,7 +135,7 @@ fn gc_keeps_what_tags_reach_and_removes_exactly_the_rest() {
     std::thread::sleep(Duration::from_millis(3100)); // 2 s grace + 1 s clock granularity
     let dry = berth_gc(&s, &["--dry-run"]);
     assert!(dry.contains("would be freed"), "{dry}");
-    assert_eq!(files_on_disk(&s.data_dir()), after, "a dry run changes nothing");
+    assert_eq!(files_on_disk(&s.blob_root()), after, "a dry run changes nothing");
     let real = berth_gc(&s, &[]);
     assert_eq!(
         deleted(&dry),
@@ -153,7 +153,7 @@ fn gc_keeps_what_tags_reach_and_removes_exactly_the_rest() {
         );
         assert_eq!(get(&format!("{b}/v2/gc/app/manifests/{d}")).status, 404);
     }
-    let on_disk = files_on_disk(&s.data_dir());
+    let on_disk = files_on_disk(&s.blob_root());
     for blob in image_blobs(&oci).iter().chain([&empty]) {
         assert!(!on_disk.contains(blob), "{blob} still on disk");
         assert_eq!(

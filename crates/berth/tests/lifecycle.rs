@@ -128,7 +128,7 @@ fn eviction_removes_least_recently_pulled_images_and_keeps_shared_blobs() {
         .iter()
         .map(|(_, l, _)| {
             let hex = l.strip_prefix("sha256:").unwrap();
-            std::fs::metadata(s.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex))
+            std::fs::metadata(s.blob_root().join("blobs/sha256").join(&hex[..2]).join(hex))
                 .map(|m| m.len())
                 .unwrap_or(0)
         })
@@ -136,7 +136,7 @@ fn eviction_removes_least_recently_pulled_images_and_keeps_shared_blobs() {
     assert!(cached <= 2 * layer_len as u64 + 1000);
     let l1 = images[1].1.strip_prefix("sha256:").unwrap().to_string();
     assert!(
-        !s.data_dir()
+        !s.blob_root()
             .join("blobs/sha256")
             .join(&l1[..2])
             .join(&l1)

@@ -451,7 +451,7 @@ fn blob_size_limit() {
 
     // An endless chunked body is cut off at the limit: the data directory does not grow
     // past it, and the writer is stopped long before it is done.
-    let before = stored_bytes(&s.data_dir());
+    let before = stored_bytes(&s.blob_root());
     let loc = start_session(&b, "lim/big");
     let t = send_head(
         &s,
@@ -471,7 +471,7 @@ fn blob_size_limit() {
         "the body was read to its end ({sent} bytes)"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    let grew = stored_bytes(&s.data_dir()).saturating_sub(before);
+    let grew = stored_bytes(&s.blob_root()).saturating_sub(before);
     assert!(grew <= MIB as u64, "the data directory grew by {grew} bytes");
 
     // The server goes on serving, and blobs up to the limit are accepted.

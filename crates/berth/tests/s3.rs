@@ -212,3 +212,100 @@ fn pull_through_fill_lands_in_the_bucket_once_for_concurrent_readers() {
         "fill areas left behind"
     );
 }
+
+/// `storage.s3.redirect = true`: a whole-blob GET answers 307 to a presigned URL of the
+/// bucket (s3s-fs checks its signature), after the same checks a served read makes;
+/// ranges and HEAD stay with berth; skopeo follows the redirects to pull a whole image.
+#[test]
+fn whole_blob_gets_redirect_to_presigned_urls_that_skopeo_follows() {
+    let s3 = S3Server::s3s_fs();
+    let skopeo = Skopeo::new();
+    let reg = start_berth_with(&s3, "redir", "redirect = true\npresign_ttl = \"2m\"\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let set = ImageSet::multi_platform(Flavor::Oci, "s3-redirect");
+    set.write_oci_layout(&tmp.path().join("src"), "v1");
+    let src = format!("oci:{}:v1", tmp.path().join("src").display());
+    skopeo.copy_all(&src, &docker_ref(&reg.addr, "redir/app", "v1"));
+
+    let blobs = set.blobs();
+    for b in &blobs {
+        let url = reg.url(&format!("/v2/redir/app/blobs/{}", b.digest));
+        let r = http::get(&url, &[]).unwrap();
+        assert_eq!(r.status, 307, "GET {url}: {r}");
+        let location = r.header("location").expect("a Location header").to_string();
+        assert!(
+            location.starts_with(&s3.endpoint) && location.contains("X-Amz-Signature="),
+            "{location} is not a presigned URL of {}",
+            s3.endpoint
+        );
+        assert!(
+            location.contains("X-Amz-Expires=120"),
+            "presign_ttl 2m: {location}"
+        );
+        let fetched = http::get(&location, &[]).unwrap();
+        assert_eq!(fetched.status, 200, "GET {location}: {fetched}");
+        assert_eq!(
+            sha256_digest(&fetched.body),
+            b.digest,
+            "bytes behind the redirect"
+        );
+
+        // HEAD and ranges are answered by berth itself.
+        let h = http::head(&url, &[]).unwrap();
+        assert_eq!(h.status, 200, "HEAD {url}: {h}");
+        assert_eq!(
+            h.header("content-length"),
+            Some(b.data.len().to_string().as_str())
+        );
+        let r = http::get_with(&url, &[("Range", "bytes=0-0")]).unwrap();
+        assert_eq!(r.status, 206, "ranged GET {url}: {r}");
+        assert_eq!(r.body, b.data[..1]);
+    }
+    // A tampered signature is refused by the store: the URL really is signed.
+    let url = reg.url(&format!("/v2/redir/app/blobs/{}", blobs[0].digest));
+    let location = http::get(&url, &[])
+        .unwrap()
+        .header("location")
+        .unwrap()
+        .to_string();
+    let forged = location.replace("X-Amz-Expires=120", "X-Amz-Expires=9999");
+    assert_eq!(
+        http::get(&forged, &[]).unwrap().status,
+        403,
+        "a forged URL was accepted"
+    );
+    // Unknown blobs and other repositories are not redirected anywhere.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(
+        http::get(&reg.url(&format!("/v2/redir/app/blobs/{missing}")), &[])
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        http::get(
+            &reg.url(&format!("/v2/redir/other/blobs/{}", blobs[0].digest)),
+            &[]
+        )
+        .unwrap()
+        .status,
+        404
+    );
+
+    // skopeo follows the 307s and gets every image, byte for byte.
+    skopeo.copy_all(
+        &docker_ref(&reg.addr, "redir/app", "v1"),
+        &format!("oci:{}:out", tmp.path().join("out").display()),
+    );
+    assert_layout_holds_set(&OciLayout::open(&tmp.path().join("out")), "out", &set);
+    let metrics = http::get(&reg.url("/metrics"), &[]).unwrap().body_str();
+    let redirected: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_blob_redirects_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("berth_blob_redirects_total in /metrics");
+    assert!(
+        redirected >= 2 * blobs.len() as u64,
+        "{redirected} redirects counted"
+    );
+}

@@ -1,7 +1,7 @@
 //! The [`MetaStore`] contract: every implementation must pass each function here.
 
 use berth_oci::{Digest, ManifestRef, RefKind, RepoName, Tag, UploadId};
-use berth_store::{ManifestRow, MetaStore, NewManifest, PutManifest, Removal};
+use berth_store::{COPIED_TABLES, Cell, ManifestRow, MetaStore, NewManifest, PutManifest, Removal, Table};
 use futures_util::future::join_all;
 
 pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -1352,4 +1352,162 @@ pub async fn integrity_queries_page_and_resolve(store: &dyn MetaStore) {
     assert_eq!(store.blob_size(&layer).await.unwrap(), None);
     assert!(store.links_of(&layer).await.unwrap().is_empty());
     assert_eq!(store.repo_blob_size(&other, &layer).await.unwrap(), None);
+}
+
+// ---- Row copy (berth migrate-storage) ----
+
+/// Fills `store` with one of everything a copy must carry: hosted and cached repositories,
+/// blobs with access and verification times, an image and an index with references,
+/// tags created out of lexical order, a pull time, an upload session (not copied).
+pub async fn fill_for_copy(store: &dyn MetaStore) {
+    let app = repo("copy/app");
+    let config = commit(store, &app, "copy-config", 7).await;
+    let layer = commit(store, &app, "copy-layer", 9).await;
+    let image = Man::image("copy-img", &config, &[&layer]);
+    put(store, &app, &image, Some(&tag("zeta")), 1001).await;
+    put(store, &app, &image, Some(&tag("alpha")), 1002).await;
+    let index = Man::with_refs(
+        "copy-index",
+        INDEX,
+        vec![r(RefKind::Manifest, &image.digest, true)],
+    );
+    put(store, &app, &index, Some(&tag("multi")), 1003).await;
+    store
+        .touch_pulled(&app, &image.digest, 1500)
+        .await
+        .expect("touch_pulled");
+    store.mark_verified(&layer, 1600).await.expect("mark_verified");
+    let cached = repo("up.test/library/x");
+    store
+        .mark_cached(&cached, "up.test", 1100)
+        .await
+        .expect("mark_cached");
+    let cl = blob("copy-cached-layer");
+    store
+        .commit_blob(&cached, &cl, 5, None, 1101)
+        .await
+        .expect("commit_blob");
+    let cm = Man::image("copy-cached", &cl, &[&cl]);
+    assert_eq!(
+        store
+            .put_manifest(NewManifest {
+                repo: &cached,
+                digest: &cm.digest,
+                media_type: IMAGE,
+                artifact_type: None,
+                subject: None,
+                annotations: Some("{\"k\":\"v\"}".into()),
+                body: &cm.body,
+                refs: &cm.refs,
+                tag: Some(&tag("latest")),
+                require_refs: false,
+                now: 1102,
+            })
+            .await
+            .expect("put_manifest"),
+        PutManifest::Stored
+    );
+    store
+        .touch_tag(&cached, &tag("latest"), 1200)
+        .await
+        .expect("touch_tag");
+    store
+        .create_upload(&uid("0b1e5b9e-1e4a-4d0e-9a39-5ad1d1f0c0de"), &app, 1300)
+        .await
+        .expect("create_upload");
+}
+
+/// Every row of `table` in `store`, read two at a time (so paging is exercised).
+pub async fn all_rows(store: &dyn MetaStore, table: &Table) -> Vec<Vec<Cell>> {
+    let mut rows = Vec::new();
+    for _ in 0..10_000 {
+        let page = store
+            .export_rows(table, rows.len() as u64, 2)
+            .await
+            .unwrap_or_else(|e| panic!("export_rows({}): {e}", table.name));
+        if page.is_empty() {
+            return rows;
+        }
+        rows.extend(page);
+    }
+    panic!("export of {} never ended", table.name);
+}
+
+/// Copies every table of `from` into `to` page by page; returns rows added.
+pub async fn copy_rows(from: &dyn MetaStore, to: &dyn MetaStore) -> u64 {
+    let mut added = 0;
+    for table in COPIED_TABLES {
+        let rows = all_rows(from, table).await;
+        for chunk in rows.chunks(3) {
+            added += to
+                .import_rows(table, chunk)
+                .await
+                .unwrap_or_else(|e| panic!("import_rows({}): {e}", table.name));
+        }
+    }
+    added
+}
+
+/// A copy carries every row as stored (bytes, times, tag creation order), answers the
+/// queries a registry makes as the source does, and a second copy adds nothing.
+pub async fn row_copy_into_a_fresh_store(from: &dyn MetaStore, to: &dyn MetaStore) {
+    fill_for_copy(from).await;
+    let mut total = 0;
+    for table in COPIED_TABLES {
+        let n = from.count_rows(table).await.expect("count_rows");
+        assert!(n > 0, "{} is empty: the fill misses it", table.name);
+        total += n;
+    }
+    assert_eq!(copy_rows(from, to).await, total);
+    for table in COPIED_TABLES {
+        assert_eq!(
+            all_rows(to, table).await,
+            all_rows(from, table).await,
+            "{} differs after the copy",
+            table.name
+        );
+        assert_eq!(
+            to.count_rows(table).await.unwrap(),
+            from.count_rows(table).await.unwrap()
+        );
+    }
+    assert_eq!(copy_rows(from, to).await, 0, "a second copy added rows");
+    // What a registry reads, read back from the copy.
+    let app = repo("copy/app");
+    for t in ["zeta", "alpha", "multi"] {
+        let (a, b) = (
+            by_tag(from, &app, t).await.unwrap(),
+            by_tag(to, &app, t).await.unwrap(),
+        );
+        assert_eq!(
+            (a.digest, a.body, a.tag_checked_at, a.last_pulled),
+            (b.digest, b.body, b.tag_checked_at, b.last_pulled)
+        );
+    }
+    assert_eq!(tags(to, &app).await, tags(from, &app).await);
+    assert_eq!(
+        to.tag_details("copy/app").await.unwrap(),
+        from.tag_details("copy/app").await.unwrap()
+    );
+    assert_eq!(
+        to.repositories_by_kind().await.unwrap(),
+        from.repositories_by_kind().await.unwrap()
+    );
+    assert_eq!(to.cached_tags().await.unwrap(), from.cached_tags().await.unwrap());
+    assert_eq!(to.storage_stats().await.unwrap().hosted_blobs, 2);
+    assert_eq!(
+        to.blobs_page(None, 100).await.unwrap(),
+        from.blobs_page(None, 100).await.unwrap()
+    );
+    assert_eq!(
+        to.repo_blob_size(&app, &blob("copy-layer")).await.unwrap(),
+        Some(9)
+    );
+    assert!(
+        to.uploads_idle_since(i64::MAX).await.unwrap().is_empty(),
+        "upload sessions are not copied"
+    );
+    // The copy takes writes as usual afterwards.
+    let more = commit(to, &app, "copy-after", 3).await;
+    assert_eq!(to.blob_size(&more).await.unwrap(), Some(3));
 }
