@@ -441,7 +441,7 @@ fn on_real_metrics_of_a_damaged_berth_the_integrity_alerts_fire() {
 
     // The damage: one layer overwritten with zeros (same size), one cut in half and then
     // pulled (404, counted as a refused read), then a scrub that finds both.
-    let data = s.data_dir();
+    let data = s.blob_root();
     let zeroed = blob_file(&data, &layers[0]);
     let len = std::fs::metadata(&zeroed).unwrap().len() as usize;
     std::fs::write(&zeroed, vec![0u8; len]).unwrap();

@@ -141,7 +141,7 @@ fn healthy_indexes_pass_and_damage_is_named_with_its_path() {
 
     // berth: delete the bytes of the arm64 config (berth then answers 404 for it).
     let config = &arm64.config.digest;
-    let file = berth_blob_file(&berth.data_dir(), config);
+    let file = berth_blob_file(&berth.blob_root(), config);
     std::fs::remove_file(&file).unwrap_or_else(|e| panic!("remove {}: {e}", file.display()));
     let out = probe(&[&in_berth]);
     assert_eq!(code(&out), 1, "{out}");
@@ -209,7 +209,7 @@ fn verify_catches_wrong_bytes_and_head_catches_wrong_sizes() {
 
     // berth: same-size wrong bytes. However berth reacts (it may refuse to serve them),
     // --verify fails and names the layer.
-    let file = berth_blob_file(&berth.data_dir(), &layer.digest);
+    let file = berth_blob_file(&berth.blob_root(), &layer.digest);
     let mut perms = std::fs::metadata(&file).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
@@ -577,7 +577,7 @@ fn the_servers_own_probe_shows_on_the_health_page() {
     });
     // A layer damaged on disk: the next full pull through the API catches it.
     let victim = &set.images[0].layers[0].blob.digest;
-    std::fs::write(berth_blob_file(&berth.data_dir(), victim), b"rotten").unwrap();
+    std::fs::write(berth_blob_file(&berth.blob_root(), victim), b"rotten").unwrap();
     let page = until("the damaged layer", &|p| {
         p.contains("failed (") && p.contains(victim.as_str())
     });
