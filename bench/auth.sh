@@ -56,7 +56,6 @@ done
 # ---------------------------------------------------------------------------------------------
 bench_workdir berth-auth-bench
 
-sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
 HZ=$(getconf CLK_TCK)
 NCPU=$(nproc)
 
@@ -102,21 +101,7 @@ run_wrk() { # URL [wrk args...] -> sets WRK_LAST to the BENCH line; returns 1 on
 # ---------------------------------------------------------------------------------------------
 # 0. berth binary (copied into the work dir, so a rebuild during the run cannot swap it)
 # ---------------------------------------------------------------------------------------------
-BERTH_SRC=
-if [[ -n ${BERTH_BIN:-} ]]; then
-    [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
-    BERTH_SRC=$BERTH_BIN
-else
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/berth-main-target}
-    log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-    if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
-        [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
-        BERTH_SRC=$CARGO_TARGET_DIR/release/berth
-    else
-        tail -n 15 "$WORK/build.log" >&2 || true
-        die "berth: not built (this benchmark is about berth; there is nothing to compare without it)"
-    fi
-fi
+find_berth "" /var/cache/berth-main-target
 cp "$BERTH_SRC" "$WORK/berth-bin"
 BERTH=$WORK/berth-bin
 log "berth binary: $BERTH_SRC"
@@ -365,13 +350,6 @@ report() {
     echo "host's CPU used by processes outside this script (other builds, benchmarks) during the measured run."
     if ((FAILED)); then echo; echo "FAILED: some requests were not 200 (see stderr); the affected cells are ERR"; fi
 }
-report | tee "$WORK/report.txt"
-{
-    cat "$WORK/report.txt"
-    echo
-    echo "raw:"
-    printf '  %s\n' "${RAW[@]}"
-} >"$RESULTS"
-log "results written to $RESULTS"
+write_results
 if ((FAILED)); then err "some measured requests were not 200"; exit 1; fi
 exit 0

@@ -84,37 +84,12 @@ cleanup() {
 }
 
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-if command -v openssl >/dev/null; then
-    sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
-    rand_file() { # in <= 256 MiB pieces (openssl rand takes an int)
-        local left=$2 n
-        while ((left > 0)); do n=$((left > 268435456 ? 268435456 : left)); openssl rand "$n"; left=$((left - n)); done >"$1"
-    }
-else
-    sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
-    rand_file() { head -c "$2" /dev/urandom >"$1"; }
-fi
 
 # ---------------------------------------------------------------------------------------------
 # 0. berth binary (copied into the work dir, so a rebuild during the run cannot swap it)
 # ---------------------------------------------------------------------------------------------
-BERTH= BERTH_SRC=
-if [[ ${BENCH_SKIP_BERTH:-0} == 1 ]]; then
-    log "berth: skipped (BENCH_SKIP_BERTH=1)"
-elif [[ -n ${BERTH_BIN:-} ]]; then
-    [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
-    BERTH_SRC=$BERTH_BIN
-else
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/berth-target}
-    log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-    if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
-        [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
-        BERTH_SRC=$CARGO_TARGET_DIR/release/berth
-    else
-        tail -n 15 "$WORK/build.log" >&2 || true
-        log "berth: not built (continuing with distribution-proxy only)"
-    fi
-fi
+BERTH=
+find_berth distribution-proxy
 if [[ -n $BERTH_SRC ]]; then
     cp "$BERTH_SRC" "$WORK/berth-bin" && BERTH=$WORK/berth-bin
 fi
@@ -460,13 +435,6 @@ report() {
     target "peak RSS <= $RSS_MAX MiB (the ${BLOB_MIB} MiB blob is never held in memory)" t_rss
     [[ -n $BERTH ]] || echo "  (berth: not built - berth column and targets skipped)"
 }
-report | tee "$WORK/report.txt"
-{
-    cat "$WORK/report.txt"
-    echo
-    echo "raw:"
-    printf '  %s\n' "${RAW[@]}"
-} >"$RESULTS"
-log "results written to $RESULTS"
+write_results
 if [[ $STRICT == 1 && -e $WORK/unmet ]]; then exit 1; fi
 exit 0

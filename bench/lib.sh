@@ -45,6 +45,19 @@ EOF
 }
 mib_per_s() { awk -v b="$1" -v t="$2" 'BEGIN { if (t !~ /^[0-9.]+$/ || t <= 0) print "ERR"; else printf "%.1f", b / 1048576 / t }'; }
 median() { printf '%s\n' "$@" | grep -v ERR | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "ERR"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# Random data from `openssl rand` (userspace AES-CTR DRBG, ~5x faster than /dev/urandom here)
+# and digests from `openssl dgst` (~2x faster than coreutils sha256sum); both fall back to
+# /dev/urandom and sha256sum.
+if command -v openssl >/dev/null; then
+    sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
+    rand_file() { # in <= 256 MiB pieces (openssl rand takes an int)
+        local left=$2 n
+        while ((left > 0)); do n=$((left > 268435456 ? 268435456 : left)); openssl rand "$n"; left=$((left - n)); done >"$1"
+    }
+else
+    sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
+    rand_file() { head -c "$2" /dev/urandom >"$1"; }
+fi
 us_to_ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -112,9 +125,48 @@ WRK_LAST=
 wrk_field() { printf '%s\n' "$WRK_LAST" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
 
 # ---------------------------------------------------------------------------------------------
+# the berth binary
+# ---------------------------------------------------------------------------------------------
+# find_berth WITHOUT [TARGET_DIR]: sets BERTH_SRC to $BERTH_BIN, else to a fresh
+# `cargo build --release -p berth` (in CARGO_TARGET_DIR, default TARGET_DIR or
+# /var/cache/berth-target). WITHOUT says what the run goes on with when there is no berth
+# (BENCH_SKIP_BERTH=1 or a failed build: BERTH_SRC empty); empty WITHOUT: berth is required.
+find_berth() {
+    BERTH_SRC=
+    if [[ -n $1 && ${BENCH_SKIP_BERTH:-0} == 1 ]]; then
+        log "berth: skipped (BENCH_SKIP_BERTH=1)"
+    elif [[ -n ${BERTH_BIN:-} ]]; then
+        [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
+        BERTH_SRC=$BERTH_BIN
+    else
+        export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${2:-/var/cache/berth-target}}
+        log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
+        if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
+            [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
+            BERTH_SRC=$CARGO_TARGET_DIR/release/berth
+        else
+            tail -n 15 "$WORK/build.log" >&2 || true
+            [[ -n $1 ]] || die "berth: not built (this benchmark is about berth; there is nothing to compare without it)"
+            log "berth: not built (continuing with $1 only)"
+        fi
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # results store
 # ---------------------------------------------------------------------------------------------
 declare -A R=()
 declare -a RAW=()
 set_r() { R[$1.$2]=$3; RAW+=("$1.$2=$3"); }
 get_r() { printf '%s' "${R[$1.$2]:--}"; }
+# write_results: the script's `report` to stdout and, with every raw value, to $RESULTS
+write_results() {
+    report | tee "$WORK/report.txt"
+    {
+        cat "$WORK/report.txt"
+        echo
+        echo "raw:"
+        printf '  %s\n' "${RAW[@]}"
+    } >"$RESULTS"
+    log "results written to $RESULTS"
+}

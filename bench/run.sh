@@ -137,23 +137,8 @@ run_wrk() { # LUA URL [wrk args...] -> sets WRK_LAST to the BENCH line; returns 
 # ---------------------------------------------------------------------------------------------
 # 0. berth binary
 # ---------------------------------------------------------------------------------------------
-BERTH=
-if [[ ${BENCH_SKIP_BERTH:-0} == 1 ]]; then
-    log "berth: skipped (BENCH_SKIP_BERTH=1)"
-elif [[ -n ${BERTH_BIN:-} ]]; then
-    [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
-    BERTH=$BERTH_BIN
-else
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/berth-target}
-    log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-    if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
-        [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
-        BERTH=$CARGO_TARGET_DIR/release/berth
-    else
-        tail -n 15 "$WORK/build.log" >&2 || true
-        log "berth: not built (continuing with distribution and nginx only)"
-    fi
-fi
+find_berth "distribution and nginx"
+BERTH=$BERTH_SRC
 SERVERS=(distribution nginx)
 REGISTRIES=(distribution)
 if [[ -n $BERTH ]]; then SERVERS=(berth distribution nginx); REGISTRIES=(berth distribution); fi
@@ -163,19 +148,7 @@ log "berth binary: ${BERTH:-none}"
 # 1. test data
 # ---------------------------------------------------------------------------------------------
 mkdir -p "$WORK/data" "$WORK/chunks"
-# Random data comes from `openssl rand` (userspace AES-CTR DRBG, ~5x faster than /dev/urandom
-# here) and digests from `openssl dgst` (~2x faster than coreutils sha256sum); both fall back to
-# /dev/urandom and sha256sum. Files are made by up to 2 background jobs (one per core).
-if command -v openssl >/dev/null; then
-    sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
-    rand_file() { # in <= 256 MiB pieces (openssl rand takes an int)
-        local left=$2 n
-        while ((left > 0)); do n=$((left > 268435456 ? 268435456 : left)); openssl rand "$n"; left=$((left - n)); done >"$1"
-    }
-else
-    sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
-    rand_file() { head -c "$2" /dev/urandom >"$1"; }
-fi
+# Files are made by up to 2 background jobs (one per core) with lib.sh's rand_file and sha_file.
 gen_bg() { # FILE BYTES: in the background, write random data to FILE and its digest to FILE.sha256
     while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done
     (rand_file "$1" "$2" && sha_file "$1" >"$1.sha256.tmp" && mv "$1.sha256.tmp" "$1.sha256") &
@@ -553,13 +526,6 @@ report() {
     target "peak RSS <= 1/4 distribution" $c
     [[ -n $BERTH ]] || echo "  (berth: not built - berth columns and targets skipped)"
 }
-report | tee "$WORK/report.txt"
-{
-    cat "$WORK/report.txt"
-    echo
-    echo "raw:"
-    printf '  %s\n' "${RAW[@]}"
-} >"$RESULTS"
-log "results written to $RESULTS"
+write_results
 if [[ $STRICT == 1 && -e $WORK/unmet ]]; then exit 1; fi
 exit 0
