@@ -27,6 +27,9 @@ set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+BENCH_NAME=auth-bench
 
 RUNS=${BENCH_AUTH_RUNS:-3}
 WRK_DURATION=${BENCH_WRK_DURATION:-10s}
@@ -43,10 +46,6 @@ USER_NAME=bench
 CURL_MAX=60             # hard cap (s) on any single curl
 MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
-log() { printf '[auth-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-err() { printf '[auth-bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { err "$*"; exit 2; }
-
 for tool in curl wrk docker-registry python3 awk openssl base64 timeout; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install -y wrk docker-registry curl openssl)"
 done
@@ -55,90 +54,20 @@ done
 # ---------------------------------------------------------------------------------------------
 # work dir, process bookkeeping, cleanup
 # ---------------------------------------------------------------------------------------------
-WORK=$(mktemp -d "$TMP_BASE/berth-auth-bench.XXXXXX")
-declare -a OUR_PIDS=()
-cleanup() {
-    local p i
-    for p in "${OUR_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${OUR_PIDS[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir berth-auth-bench
 
-now() { date +%s.%N; }
-# free_ports N: N distinct free loopback ports (all held open until all are chosen)
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-EOF
-}
-sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
-median() { printf '%s\n' "$@" | grep -v ERR | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "ERR"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-proc_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # utime + stime
-cpu_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 NCPU=$(nproc)
-our_ticks() { # self and reaped children, from `times` (run in this shell, not a subshell)
-    times >"$WORK/times"
-    OUR_TICKS=$(awk -v hz="$HZ" '{ for (i = 1; i <= NF; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t * hz }' "$WORK/times")
-}
 
 # ---------------------------------------------------------------------------------------------
 # HTTP helpers (registry API). They never exit; they return 1 and print an error.
 # CURL_AUTH holds the credentials (curl arguments) for the server being set up.
 # ---------------------------------------------------------------------------------------------
-declare -a CURL_AUTH=()
-req() { # ARGS...: curl, response headers -> $WORK/h, body -> $WORK/b; prints the status code
-    curl -sS --max-time "$CURL_MAX" -o "$WORK/b" -D "$WORK/h" -w '%{http_code}' -H 'Expect:' "${CURL_AUTH[@]}" "$@" || echo 000
-}
-hdr() { # NAME: last value of header NAME in $WORK/h
-    tr -d '\r' <"$WORK/h" | awk -v n="$(printf '%s' "$1" | tr 'A-Z' 'a-z')" '
-        index(tolower($0), n ":") == 1 { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) }
-        END { print v }'
-}
-abs_url() { # BASE LOCATION -> absolute URL (Location may be absolute or relative)
-    case $2 in
-        http://* | https://*) printf '%s' "$2" ;;
-        /*) printf '%s%s' "$1" "$2" ;;
-        *) printf '%s/%s' "$1" "$2" ;;
-    esac
-}
-add_query() { case $1 in *\?*) printf '%s&%s' "$1" "$2" ;; *) printf '%s?%s' "$1" "$2" ;; esac; }
-push_mono() { # BASE FILE DIGEST: POST, then PUT ?digest= with the whole body
-    local code loc url
-    code=$(req -X POST -H 'Content-Length: 0' "$1/v2/$REPO/blobs/uploads/")
-    [[ $code == 202 ]] || { err "POST $1/v2/$REPO/blobs/uploads/ -> HTTP $code $(head -c 300 "$WORK/b")"; return 1; }
-    loc=$(hdr location)
-    [[ -n $loc ]] || { err "upload POST: no Location header"; return 1; }
-    url=$(abs_url "$1" "$loc")
-    code=$(req -X PUT -T "$2" -H 'Content-Type: application/octet-stream' "$(add_query "$url" "digest=$3")")
-    [[ $code == 201 ]] || { err "monolithic PUT -> HTTP $code $(head -c 300 "$WORK/b")"; return 1; }
-}
 
 # ---------------------------------------------------------------------------------------------
 # wrk
 # ---------------------------------------------------------------------------------------------
-cat >"$WORK/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d max_us=%d err_connect=%d err_read=%d err_write=%d err_status=%d err_timeout=%d\n",
-    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
-end
-EOF
-WRK_LAST=
+write_report_lua
 settle() { # PID: wait (up to 30 s) until the process is idle (<= 1 tick in 200 ms). A server
     # may still be working off requests the warm-up left in flight (distribution finishes a
     # bcrypt for a connection that wrk has closed), which would otherwise land on the next run.
@@ -168,34 +97,11 @@ run_wrk() { # URL [wrk args...] -> sets WRK_LAST to the BENCH line; returns 1 on
     if ((nerr > 0)); then err "wrk $url: $WRK_LAST"; grep -E 'Non-2xx|Socket errors' "$WORK/wrk.out" >&2 || true; return 1; fi
     (($(wrk_field requests) > 0)) || { err "wrk $url: no requests completed: $WRK_LAST"; return 1; }
 }
-wrk_field() { printf '%s\n' "$WRK_LAST" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
-
-# ---------------------------------------------------------------------------------------------
-# results store
-# ---------------------------------------------------------------------------------------------
-declare -A R=()
-declare -a RAW=()
-set_r() { R[$1.$2]=$3; RAW+=("$1.$2=$3"); }
-get_r() { printf '%s' "${R[$1.$2]:--}"; }
 
 # ---------------------------------------------------------------------------------------------
 # 0. berth binary (copied into the work dir, so a rebuild during the run cannot swap it)
 # ---------------------------------------------------------------------------------------------
-BERTH_SRC=
-if [[ -n ${BERTH_BIN:-} ]]; then
-    [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
-    BERTH_SRC=$BERTH_BIN
-else
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/berth-main-target}
-    log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-    if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
-        [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
-        BERTH_SRC=$CARGO_TARGET_DIR/release/berth
-    else
-        tail -n 15 "$WORK/build.log" >&2 || true
-        die "berth: not built (this benchmark is about berth; there is nothing to compare without it)"
-    fi
-fi
+find_berth "" /var/cache/berth-main-target
 cp "$BERTH_SRC" "$WORK/berth-bin"
 BERTH=$WORK/berth-bin
 log "berth binary: $BERTH_SRC"
@@ -360,7 +266,6 @@ declare -A CASE_LABEL=(
 )
 declare -A V_RPS=() V_P99=() V_CPU=() V_OTHER=()
 FAILED=0
-us_to_ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 for ((r = 1; r <= RUNS; r++)); do
     for c in "${CASES[@]}"; do
         s=${CASE_SERVER[$c]}
@@ -445,13 +350,6 @@ report() {
     echo "host's CPU used by processes outside this script (other builds, benchmarks) during the measured run."
     if ((FAILED)); then echo; echo "FAILED: some requests were not 200 (see stderr); the affected cells are ERR"; fi
 }
-report | tee "$WORK/report.txt"
-{
-    cat "$WORK/report.txt"
-    echo
-    echo "raw:"
-    printf '  %s\n' "${RAW[@]}"
-} >"$RESULTS"
-log "results written to $RESULTS"
+write_results
 if ((FAILED)); then err "some measured requests were not 200"; exit 1; fi
 exit 0

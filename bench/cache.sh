@@ -25,6 +25,9 @@ set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+BENCH_NAME=cache-bench
 
 BLOB_MIB=${BENCH_CACHE_MIB:-512}
 CLIENTS=${BENCH_CACHE_CLIENTS:-16}
@@ -40,10 +43,6 @@ CURL_MAX=300        # hard cap (s) on any single curl
 SETTLE_MAX=120      # hard cap (s) on waiting for a cache to commit the blob
 MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
-log() { printf '[cache-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-err() { printf '[cache-bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { err "$*"; exit 2; }
-
 for tool in curl docker-registry python3 awk stat cmp; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install -y docker-registry curl python3)"
 done
@@ -53,7 +52,7 @@ done
 # ---------------------------------------------------------------------------------------------
 # work dirs, process bookkeeping, cleanup
 # ---------------------------------------------------------------------------------------------
-WORK=$(mktemp -d "$TMP_BASE/berth-cache-bench.XXXXXX")
+bench_workdir berth-cache-bench
 BLOB_SIZE=$((BLOB_MIB * 1048576))
 if [[ -n ${BENCH_CACHE_OUTDIR:-} ]]; then
     OUT_BASE=$BENCH_CACHE_OUTDIR
@@ -65,7 +64,6 @@ else
 fi
 OUT=$(mktemp -d "$OUT_BASE/berth-cache-bench-out.XXXXXX")
 
-declare -a OUR_PIDS=() # every server and client this script started and has not reaped yet
 forget_pid() { # PID: drop from OUR_PIDS (after it was reaped, its number may be reused)
     local -a keep=()
     local p
@@ -81,101 +79,17 @@ stop_pid() { # PID: TERM, up to 5 s grace, KILL, reap, forget
     forget_pid "$1"
 }
 cleanup() {
-    local p i
-    for p in "${OUR_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${OUR_PIDS[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    rm -rf "$OUT" "$WORK"
+    stop_ours
+    rm -rf "${OUT:-}" "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-# free_ports N: N distinct free loopback ports (all held open until all are chosen)
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-EOF
-}
-mib_per_s() { awk -v b="$1" -v t="$2" 'BEGIN { if (t !~ /^[0-9.]+$/ || t <= 0) print "ERR"; else printf "%.1f", b / 1048576 / t }'; }
-vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-if command -v openssl >/dev/null; then
-    sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
-    rand_file() { # in <= 256 MiB pieces (openssl rand takes an int)
-        local left=$2 n
-        while ((left > 0)); do n=$((left > 268435456 ? 268435456 : left)); openssl rand "$n"; left=$((left - n)); done >"$1"
-    }
-else
-    sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
-    rand_file() { head -c "$2" /dev/urandom >"$1"; }
-fi
-
-# ---------------------------------------------------------------------------------------------
-# HTTP helpers (registry API). They never exit; they return 1 and print an error.
-# ---------------------------------------------------------------------------------------------
-req() { # ARGS...: curl, headers -> $WORK/h, body -> $WORK/b; prints the status code
-    curl -sS --max-time "$CURL_MAX" -o "$WORK/b" -D "$WORK/h" -w '%{http_code}' -H 'Expect:' "$@" || echo 000
-}
-hdr() { # NAME: last value of header NAME in $WORK/h
-    tr -d '\r' <"$WORK/h" | awk -v n="$(printf '%s' "$1" | tr 'A-Z' 'a-z')" '
-        index(tolower($0), n ":") == 1 { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) }
-        END { print v }'
-}
-abs_url() { # BASE LOCATION -> absolute URL
-    case $2 in
-        http://* | https://*) printf '%s' "$2" ;;
-        /*) printf '%s%s' "$1" "$2" ;;
-        *) printf '%s/%s' "$1" "$2" ;;
-    esac
-}
-add_query() { case $1 in *\?*) printf '%s&%s' "$1" "$2" ;; *) printf '%s?%s' "$1" "$2" ;; esac; }
-push_mono() { # BASE FILE DIGEST: POST, then PUT ?digest= with the whole body streamed by curl -T
-    local code loc url
-    code=$(req -X POST -H 'Content-Length: 0' "$1/v2/$REPO/blobs/uploads/")
-    [[ $code == 202 ]] || { err "POST $1/v2/$REPO/blobs/uploads/ -> HTTP $code $(head -c 300 "$WORK/b")"; return 1; }
-    loc=$(hdr location)
-    [[ -n $loc ]] || { err "upload POST: no Location header"; return 1; }
-    url=$(add_query "$(abs_url "$1" "$loc")" "digest=$3")
-    code=$(req -X PUT -T "$2" -H 'Content-Type: application/octet-stream' "$url")
-    [[ $code == 201 ]] || { err "monolithic PUT -> HTTP $code $(head -c 300 "$WORK/b")"; return 1; }
-}
-
-# ---------------------------------------------------------------------------------------------
-# results store
-# ---------------------------------------------------------------------------------------------
-declare -A R=()
-declare -a RAW=()
-set_r() { R[$1.$2]=$3; RAW+=("$1.$2=$3"); }
-get_r() { printf '%s' "${R[$1.$2]:--}"; }
 
 # ---------------------------------------------------------------------------------------------
 # 0. berth binary (copied into the work dir, so a rebuild during the run cannot swap it)
 # ---------------------------------------------------------------------------------------------
-BERTH= BERTH_SRC=
-if [[ ${BENCH_SKIP_BERTH:-0} == 1 ]]; then
-    log "berth: skipped (BENCH_SKIP_BERTH=1)"
-elif [[ -n ${BERTH_BIN:-} ]]; then
-    [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
-    BERTH_SRC=$BERTH_BIN
-else
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/berth-target}
-    log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-    if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
-        [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
-        BERTH_SRC=$CARGO_TARGET_DIR/release/berth
-    else
-        tail -n 15 "$WORK/build.log" >&2 || true
-        log "berth: not built (continuing with distribution-proxy only)"
-    fi
-fi
+BERTH=
+find_berth distribution-proxy
 if [[ -n $BERTH_SRC ]]; then
     cp "$BERTH_SRC" "$WORK/berth-bin" && BERTH=$WORK/berth-bin
 fi
@@ -395,12 +309,6 @@ pull() {
 # ---------------------------------------------------------------------------------------------
 # CPU accounting, to tell whether other work shared the host: busy ticks of the whole machine
 # minus those of this script's process tree (reaped children, plus the still running upstream)
-cpu_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-proc_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # utime + stime
-our_ticks() { # self and reaped children, from `times` (run in this shell, not a subshell)
-    times >"$WORK/times"
-    OUR_TICKS=$(awk -v hz="$(getconf CLK_TCK)" '{ for (i = 1; i <= NF; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } } END { printf "%d", t * hz }' "$WORK/times")
-}
 our_ticks
 CPU0=$(cpu_busy) OURS0=$OUR_TICKS UP0=$(proc_ticks "$UP_PID") T_PHASES0=$(now)
 for s in "${CACHES[@]}"; do
@@ -527,13 +435,6 @@ report() {
     target "peak RSS <= $RSS_MAX MiB (the ${BLOB_MIB} MiB blob is never held in memory)" t_rss
     [[ -n $BERTH ]] || echo "  (berth: not built - berth column and targets skipped)"
 }
-report | tee "$WORK/report.txt"
-{
-    cat "$WORK/report.txt"
-    echo
-    echo "raw:"
-    printf '  %s\n' "${RAW[@]}"
-} >"$RESULTS"
-log "results written to $RESULTS"
+write_results
 if [[ $STRICT == 1 && -e $WORK/unmet ]]; then exit 1; fi
 exit 0

@@ -27,6 +27,9 @@ set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+BENCH_NAME=gc-bench
 
 N_BLOBS=${BENCH_GC_BLOBS:-100000}
 N_MANIFESTS=${BENCH_GC_MANIFESTS:-10000}
@@ -43,10 +46,6 @@ MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
 GC_TIMEOUT=3600      # hard cap (s) on one `berth gc`
 LOAD_MAX=3600        # hard cap (s) on a load run that is stopped by signal
 
-log() { printf '[gc-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-err() { printf '[gc-bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { err "$*"; exit 2; }
-
 for tool in curl wrk awk sha256sum find timeout; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install -y wrk curl)"
 done
@@ -54,23 +53,14 @@ done
 # ---------------------------------------------------------------------------------------------
 # work dir, processes we start, cleanup
 # ---------------------------------------------------------------------------------------------
-WORK=$(mktemp -d "$TMP_BASE/berth-gc-bench.XXXXXX")
-declare -a OUR_PIDS=()
+bench_workdir berth-gc-bench
 cleanup() {
-    local p i
-    for p in "${OUR_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${OUR_PIDS[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
+    stop_ours
     if [[ $KEEP == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 # anything failing unexpectedly (set -e) says where, and is a setup failure, not a check
 trap 'rc=$?; if ((BASH_SUBSHELL == 0)); then err "unexpected failure (exit $rc) at line $LINENO: $BASH_COMMAND"; exit 2; fi' ERR
 
-now() { date +%s.%N; }
 secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }

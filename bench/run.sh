@@ -28,6 +28,9 @@ set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+BENCH_NAME=bench
 
 BLOB_MIB=${BENCH_BLOB_MIB:-1024}
 CHUNK_MIB=${BENCH_CHUNK_MIB:-16}
@@ -46,10 +49,6 @@ TAG=latest
 CURL_MAX=600            # hard cap (s) on any single curl
 MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-err() { printf '[bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { err "$*"; exit 2; }
-
 for tool in curl wrk nginx docker-registry python3 awk stat split sha256sum; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install -y wrk nginx-light docker-registry curl)"
 done
@@ -57,72 +56,12 @@ done
 # ---------------------------------------------------------------------------------------------
 # work dir, process bookkeeping, cleanup
 # ---------------------------------------------------------------------------------------------
-WORK=$(mktemp -d "$TMP_BASE/berth-bench.XXXXXX")
-declare -a OUR_PIDS=()
-cleanup() {
-    local p i
-    for p in "${OUR_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${OUR_PIDS[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-now() { date +%s.%N; }
-# free_ports N: N distinct free loopback ports (all held open until all are chosen)
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-EOF
-}
-mib_per_s() { awk -v b="$1" -v t="$2" 'BEGIN { if (t <= 0) print "ERR"; else printf "%.1f", b / 1048576 / t }'; }
-median() { printf '%s\n' "$@" | grep -v ERR | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "ERR"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+bench_workdir berth-bench
 
 # ---------------------------------------------------------------------------------------------
 # HTTP helpers (registry API). They never exit; they return 1 and print an error.
 # ---------------------------------------------------------------------------------------------
-# req ARGS...: curl, response headers -> $WORK/h, body -> $WORK/b; prints the status code
-req() {
-    curl -sS --max-time "$CURL_MAX" -o "$WORK/b" -D "$WORK/h" -w '%{http_code}' -H 'Expect:' "$@" || echo 000
-}
-# hdr NAME: last value of header NAME in $WORK/h
-hdr() {
-    tr -d '\r' <"$WORK/h" | awk -v n="$(printf '%s' "$1" | tr 'A-Z' 'a-z')" '
-        index(tolower($0), n ":") == 1 { v = substr($0, length(n) + 2); sub(/^[ \t]+/, "", v) }
-        END { print v }'
-}
-abs_url() { # BASE LOCATION -> absolute URL (Location may be absolute or relative)
-    case $2 in
-        http://* | https://*) printf '%s' "$2" ;;
-        /*) printf '%s%s' "$1" "$2" ;;
-        *) printf '%s/%s' "$1" "$2" ;;
-    esac
-}
-add_query() { case $1 in *\?*) printf '%s&%s' "$1" "$2" ;; *) printf '%s?%s' "$1" "$2" ;; esac; }
 
-UPLOAD_URL=
-upload_start() { # BASE -> sets UPLOAD_URL
-    local code loc
-    code=$(req -X POST -H 'Content-Length: 0' "$1/v2/$REPO/blobs/uploads/")
-    [[ $code == 202 ]] || { err "POST $1/v2/$REPO/blobs/uploads/ -> HTTP $code $(head -c 300 "$WORK/b")"; return 1; }
-    loc=$(hdr location)
-    [[ -n $loc ]] || { err "upload POST: no Location header"; return 1; }
-    UPLOAD_URL=$(abs_url "$1" "$loc")
-}
-push_mono() { # BASE FILE DIGEST: POST, then PUT ?digest= with the whole body
-    local code
-    upload_start "$1" || return 1
-    code=$(req -X PUT -T "$2" -H 'Content-Type: application/octet-stream' "$(add_query "$UPLOAD_URL" "digest=$3")")
-    [[ $code == 201 ]] || { err "monolithic PUT -> HTTP $code $(head -c 300 "$WORK/b")"; return 1; }
-}
 push_chunked() { # BASE DIGEST CHUNKFILE...: POST, PATCH each chunk with Content-Range, PUT ?digest=
     local base=$1 dg=$2 off=0 sz code loc c
     shift 2
@@ -173,23 +112,12 @@ pull_par() { # SIZE URL... -> aggregate MiB/s over the wall time of all parallel
     ((bad == 0)) || return 1
     mib_per_s "$total" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
 }
-vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------------------------------------
 # wrk
 # ---------------------------------------------------------------------------------------------
-cat >"$WORK/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d max_us=%d err_connect=%d err_read=%d err_write=%d err_status=%d err_timeout=%d\n",
-    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
-end
-EOF
+write_report_lua
 { echo 'wrk.method = "HEAD"'; cat "$WORK/report.lua"; } >"$WORK/head.lua"
-WRK_LAST=
 run_wrk() { # LUA URL [wrk args...] -> sets WRK_LAST to the BENCH line; returns 1 on errors
     local lua=$1 url=$2 secs
     shift 2
@@ -205,36 +133,12 @@ run_wrk() { # LUA URL [wrk args...] -> sets WRK_LAST to the BENCH line; returns 
     nerr=$(wrk_field err_status) && nerr=$((nerr + $(wrk_field err_connect) + $(wrk_field err_read) + $(wrk_field err_write) + $(wrk_field err_timeout)))
     if ((nerr > 0)); then err "wrk $url: $WRK_LAST"; grep -E 'Non-2xx|Socket errors' "$WORK/wrk.out" >&2 || true; return 1; fi
 }
-wrk_field() { printf '%s\n' "$WRK_LAST" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
-
-# ---------------------------------------------------------------------------------------------
-# results store
-# ---------------------------------------------------------------------------------------------
-declare -A R=()
-declare -a RAW=()
-set_r() { R[$1.$2]=$3; RAW+=("$1.$2=$3"); }
-get_r() { printf '%s' "${R[$1.$2]:--}"; }
 
 # ---------------------------------------------------------------------------------------------
 # 0. berth binary
 # ---------------------------------------------------------------------------------------------
-BERTH=
-if [[ ${BENCH_SKIP_BERTH:-0} == 1 ]]; then
-    log "berth: skipped (BENCH_SKIP_BERTH=1)"
-elif [[ -n ${BERTH_BIN:-} ]]; then
-    [[ -x $BERTH_BIN ]] || die "BERTH_BIN=$BERTH_BIN is not executable"
-    BERTH=$BERTH_BIN
-else
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/berth-target}
-    log "building berth: cargo build --release -p berth (CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
-    if (cd "$ROOT" && timeout "${BENCH_BUILD_TIMEOUT:-3600}" cargo build --release -p berth) >"$WORK/build.log" 2>&1 &&
-        [[ -x $CARGO_TARGET_DIR/release/berth ]]; then
-        BERTH=$CARGO_TARGET_DIR/release/berth
-    else
-        tail -n 15 "$WORK/build.log" >&2 || true
-        log "berth: not built (continuing with distribution and nginx only)"
-    fi
-fi
+find_berth "distribution and nginx"
+BERTH=$BERTH_SRC
 SERVERS=(distribution nginx)
 REGISTRIES=(distribution)
 if [[ -n $BERTH ]]; then SERVERS=(berth distribution nginx); REGISTRIES=(berth distribution); fi
@@ -244,19 +148,7 @@ log "berth binary: ${BERTH:-none}"
 # 1. test data
 # ---------------------------------------------------------------------------------------------
 mkdir -p "$WORK/data" "$WORK/chunks"
-# Random data comes from `openssl rand` (userspace AES-CTR DRBG, ~5x faster than /dev/urandom
-# here) and digests from `openssl dgst` (~2x faster than coreutils sha256sum); both fall back to
-# /dev/urandom and sha256sum. Files are made by up to 2 background jobs (one per core).
-if command -v openssl >/dev/null; then
-    sha_file() { openssl dgst -sha256 -r "$1" | awk '{ print $1 }'; }
-    rand_file() { # in <= 256 MiB pieces (openssl rand takes an int)
-        local left=$2 n
-        while ((left > 0)); do n=$((left > 268435456 ? 268435456 : left)); openssl rand "$n"; left=$((left - n)); done >"$1"
-    }
-else
-    sha_file() { sha256sum "$1" | awk '{ print $1 }'; }
-    rand_file() { head -c "$2" /dev/urandom >"$1"; }
-fi
+# Files are made by up to 2 background jobs (one per core) with lib.sh's rand_file and sha_file.
 gen_bg() { # FILE BYTES: in the background, write random data to FILE and its digest to FILE.sha256
     while (($(jobs -rp | wc -l) >= 2)); do wait -n || true; done
     (rand_file "$1" "$2" && sha_file "$1" >"$1.sha256.tmp" && mv "$1.sha256.tmp" "$1.sha256") &
@@ -534,7 +426,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # 6. request rates (wrk)
 # ---------------------------------------------------------------------------------------------
-us_to_ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
 for s in "${REGISTRIES[@]}"; do
     if [[ ${OK[$s.manifest]} != 1 ]]; then set_r manifest_rps "$s" ERR; set_r manifest_p99 "$s" ERR; continue; fi
     log "$s: wrk manifest GET by tag (${WRK_CONNS} conns, ${WRK_DURATION}) ..."
@@ -635,13 +526,6 @@ report() {
     target "peak RSS <= 1/4 distribution" $c
     [[ -n $BERTH ]] || echo "  (berth: not built - berth columns and targets skipped)"
 }
-report | tee "$WORK/report.txt"
-{
-    cat "$WORK/report.txt"
-    echo
-    echo "raw:"
-    printf '  %s\n' "${RAW[@]}"
-} >"$RESULTS"
-log "results written to $RESULTS"
+write_results
 if [[ $STRICT == 1 && -e $WORK/unmet ]]; then exit 1; fi
 exit 0

@@ -3,7 +3,7 @@
 //! tests and benchmarks of listings: far faster than pushing over HTTP, and every row
 //! still goes through the same transactions a push uses.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_oci::{Algorithm, Digest, DigestHasher, ManifestRef, RefKind, RepoName, Tag, UploadId};
@@ -15,6 +15,41 @@ use tokio::task::JoinSet;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Repositories seeded at once (each one's writes are a run of SQLite transactions).
 const PARALLEL: usize = 16;
+
+/// The command line of a seeding example (`examples/ui_seed.rs`, `examples/gc_seed.rs`).
+pub struct SeedArgs {
+    pub data: PathBuf,
+    /// One per default given, in order.
+    pub counts: Vec<usize>,
+    /// What follows the counts.
+    pub rest: Vec<String>,
+}
+
+/// Reads `DATA_DIR [COUNT...] [REST...]` from the process arguments: a missing count takes
+/// its default. `DATA_DIR` must not hold a `berth.db` yet. Errors say what is wrong, or
+/// `usage: {usage}`.
+pub fn seed_args(usage: &str, defaults: &[usize]) -> Result<SeedArgs, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(data) = args.first().map(PathBuf::from) else {
+        return Err(format!("usage: {usage}"));
+    };
+    let counts = (1..=defaults.len())
+        .map(|i| match args.get(i) {
+            Some(s) => s
+                .parse()
+                .map_err(|e| format!("argument {i} {s:?} is not a count: {e}")),
+            None => Ok(defaults[i - 1]),
+        })
+        .collect::<Result<Vec<usize>, String>>()?;
+    if data.join("berth.db").exists() {
+        return Err(format!(
+            "{} already holds a berth.db; seed a fresh directory",
+            data.display()
+        ));
+    }
+    let rest = args.get(defaults.len() + 1..).unwrap_or_default().to_vec();
+    Ok(SeedArgs { data, counts, rest })
+}
 
 /// What was seeded.
 #[derive(Clone, Debug)]

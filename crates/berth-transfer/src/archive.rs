@@ -478,6 +478,8 @@ impl OciArchive {
         self.with_sink(&what, move |s| s.write_all(&header)).await?;
         let mut hasher = DigestHasher::new(digest.algorithm());
         let mut seen = 0u64;
+        // The engine counts bytes sent from the first report on: here, from nothing.
+        progress(0);
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             seen += chunk.len() as u64;

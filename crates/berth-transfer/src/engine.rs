@@ -60,6 +60,22 @@ impl std::fmt::Display for Platform {
 }
 
 impl Platform {
+    /// The platform this binary runs on, in OCI terms (`linux/amd64` on x86-64).
+    pub fn native() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: std::env::consts::OS.to_string(),
+            architecture: architecture.to_string(),
+            variant: None,
+        }
+    }
+
     /// A platform filter without a variant matches every variant.
     fn matches(&self, p: &serde_json::Value) -> bool {
         p["os"].as_str() == Some(self.os.as_str())
@@ -86,6 +102,8 @@ pub struct CopyOptions<'a> {
 pub struct CopyReport {
     /// The digest the destination tag (or digest) now names.
     pub digest: Option<Digest>,
+    /// Its media type.
+    pub media_type: Option<String>,
     pub manifests: u64,
     pub manifests_skipped: u64,
     pub blobs_copied: u64,
@@ -111,7 +129,7 @@ struct Ctx<'a> {
 }
 
 /// Copies what `src_ref` (a tag or digest) names at `src` to `dst`, tagging it `dst_tag`
-/// when given (else it is stored by digest only).
+/// when given (else it is stored by digest only), then finishes `dst`.
 pub async fn copy(
     src: &dyn Source,
     src_ref: &str,
@@ -120,6 +138,34 @@ pub async fn copy(
     opts: &CopyOptions<'_>,
 ) -> Result<CopyReport, TransferError> {
     let started = Instant::now();
+    let report = copy_image(src, src_ref, dst, dst_tag, opts).await?;
+    dst.finish().await?;
+    opts.observer.event(&Event::Finished {
+        source: format!("{}:{src_ref}", src.describe()),
+        destination: dst.describe(),
+        digest: report
+            .digest
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        manifests: report.manifests,
+        blobs_copied: report.blobs_copied,
+        blobs_skipped: report.blobs_skipped,
+        bytes_sent: report.bytes_sent,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(report)
+}
+
+/// [`copy`] without [`Destination::finish`], for several images into one destination
+/// (an archive of many references): the caller finishes it once, after the last.
+pub async fn copy_image(
+    src: &dyn Source,
+    src_ref: &str,
+    dst: &dyn Destination,
+    dst_tag: Option<&str>,
+    opts: &CopyOptions<'_>,
+) -> Result<CopyReport, TransferError> {
     let ctx = Ctx {
         src,
         dst,
@@ -158,12 +204,18 @@ pub async fn copy(
                 at: src.describe(),
                 what: format!("index {}", top.digest),
                 reason: format!(
-                    "no child matches --platform {}",
+                    "no child matches --platform {} (it has {})",
                     opts.platforms
                         .iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
-                        .join(",")
+                        .join(","),
+                    index_children(&top)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(platform_of)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 status: None,
             });
@@ -199,20 +251,10 @@ pub async fn copy(
             skipped: false,
         });
     }
-    dst.finish().await?;
     let mut report = ctx.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
     report.digest = Some(top.digest.clone());
+    report.media_type = Some(top.media_type.clone());
     report.bytes_sent = ctx.sent.load(Ordering::Relaxed);
-    opts.observer.event(&Event::Finished {
-        source: format!("{}:{src_ref}", src.describe()),
-        destination: dst.describe(),
-        digest: top.digest.to_string(),
-        manifests: report.manifests,
-        blobs_copied: report.blobs_copied,
-        blobs_skipped: report.blobs_skipped,
-        bytes_sent: report.bytes_sent,
-        seconds: started.elapsed().as_secs_f64(),
-    });
     Ok(report)
 }
 
@@ -513,5 +555,7 @@ mod tests {
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//".parse::<Platform>().is_err());
         assert_eq!(p.to_string(), "linux/arm64");
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        assert_eq!(Platform::native().to_string(), "linux/amd64");
     }
 }

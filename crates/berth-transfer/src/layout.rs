@@ -304,6 +304,8 @@ pub(crate) async fn write_verified(
             .map_err(|e| failed(at, &what, format!("cannot create {}: {e}", tmp.display())))?;
         let mut hasher = DigestHasher::new(digest.algorithm());
         let mut written = 0u64;
+        // The engine counts bytes sent from the first report on: here, from nothing.
+        progress(0);
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             written += chunk.len() as u64;

@@ -22,7 +22,7 @@ use berth_oci::{Descriptor, Digest};
 use bytes::Bytes;
 use futures_util::Stream;
 
-pub use engine::{CopyOptions, CopyReport, Platform, copy};
+pub use engine::{CopyOptions, CopyReport, Platform, copy, copy_image};
 pub use progress::{Event, Observer};
 pub use reference::{ImageRef, RegistryRef};
 

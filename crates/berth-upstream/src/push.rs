@@ -35,6 +35,13 @@ pub struct PushedManifest {
 
 /// Catalog and tag list pages.
 const PAGE: usize = 1000;
+
+/// A catalog page (`repositories`) or a tag list page (`tags`).
+#[derive(serde::Deserialize)]
+struct ListPage {
+    repositories: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+}
 /// Catalog and tag list bodies are small JSON; more than this is not what we asked for.
 const MAX_LIST_BODY: u64 = 16 << 20;
 
@@ -276,48 +283,36 @@ impl Upstream {
 
     /// Every repository in the catalog (`/v2/_catalog`, following `Link` pages).
     pub async fn catalog(&self) -> Result<Vec<String>, UpstreamError> {
-        #[derive(serde::Deserialize)]
-        struct Catalog {
-            #[serde(default)]
-            repositories: Option<Vec<String>>,
-        }
-        let mut url = self.url(&format!("{}?n={PAGE}", path::CATALOG))?;
-        let mut out = Vec::new();
+        let url = self.url(&format!("{}?n={PAGE}", path::CATALOG))?;
         // The catalog scope is not a repository one; any name serves for the token
         // cache key, the challenge names the scope it wants.
         let any: RepoName = "catalog".parse().expect("valid name");
-        for _ in 0..100_000 {
-            let (body, next) = self.list_page(&url, &any).await?;
-            let page: Catalog = serde_json::from_slice(&body)
-                .map_err(|e| UpstreamError::Invalid(format!("{url}: catalog is not JSON: {e}")))?;
-            let page = page.repositories.unwrap_or_default();
-            if page.is_empty() {
-                break;
-            }
-            out.extend(page);
-            match next {
-                Some(n) => url = n,
-                None => break,
-            }
-        }
-        Ok(out)
+        self.list_all(url, &any, "catalog", |p| p.repositories).await
     }
 
     /// Every tag of `repo` (`/v2/<repo>/tags/list`, following `Link` pages).
     pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, UpstreamError> {
-        #[derive(serde::Deserialize)]
-        struct Tags {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
         let remote = self.remote_repo(repo)?;
-        let mut url = self.url(&format!("{}?n={PAGE}", path::tags(&remote)))?;
+        let url = self.url(&format!("{}?n={PAGE}", path::tags(&remote)))?;
+        self.list_all(url, &remote, "tag list", |p| p.tags).await
+    }
+
+    /// The names of every page from `url` on, following `Link` headers until a page
+    /// is empty or has no next one (bounded); `items` picks the page's list, `what`
+    /// names it in errors.
+    async fn list_all(
+        &self,
+        mut url: Url,
+        scope: &RepoName,
+        what: &str,
+        items: fn(ListPage) -> Option<Vec<String>>,
+    ) -> Result<Vec<String>, UpstreamError> {
         let mut out = Vec::new();
         for _ in 0..100_000 {
-            let (body, next) = self.list_page(&url, &remote).await?;
-            let page: Tags = serde_json::from_slice(&body)
-                .map_err(|e| UpstreamError::Invalid(format!("{url}: tag list is not JSON: {e}")))?;
-            let page = page.tags.unwrap_or_default();
+            let (body, next) = self.list_page(&url, scope).await?;
+            let page: ListPage = serde_json::from_slice(&body)
+                .map_err(|e| UpstreamError::Invalid(format!("{url}: {what} is not JSON: {e}")))?;
+            let page = items(page).unwrap_or_default();
             if page.is_empty() {
                 break;
             }

@@ -124,20 +124,13 @@ impl Plan {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(data) = args.first().map(PathBuf::from) else {
-        bail!("usage: gc_seed DATA_DIR [BLOBS=100000] [MANIFESTS=10000] [LIST_FILE]");
-    };
-    let num = |i: usize, default: usize| -> anyhow::Result<usize> {
-        args.get(i)
-            .map(|s| {
-                s.parse()
-                    .with_context(|| format!("argument {i} {s:?} is not a count"))
-            })
-            .unwrap_or(Ok(default))
-    };
-    let (n_blobs, n_manifests) = (num(1, 100_000)?, num(2, 10_000)?);
-    let list_file = args.get(3).map(PathBuf::from);
+    let args = berth_testkit::seed::seed_args(
+        "gc_seed DATA_DIR [BLOBS=100000] [MANIFESTS=10000] [LIST_FILE]",
+        &[100_000, 10_000],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (data, n_blobs, n_manifests) = (args.data, args.counts[0], args.counts[1]);
+    let list_file = args.rest.first().map(PathBuf::from);
     ensure!(
         n_manifests >= 2 && n_manifests.is_multiple_of(2),
         "MANIFESTS must be even and at least 2"
@@ -153,11 +146,6 @@ async fn main() -> anyhow::Result<()> {
         per,
     });
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    ensure!(
-        !data.join("berth.db").exists(),
-        "{} already holds a berth.db; seed a fresh directory",
-        data.display()
-    );
     let blobs = Arc::new(FsBlobStore::open(&data).await?);
     let meta = Arc::new(SqliteMeta::open(&data.join("berth.db")).await?);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64 - TWO_DAYS;

@@ -6,31 +6,13 @@
 //! cargo run --release -p berth --example ui_seed -- DATA_DIR [REPOS=1000] [TAGS=20]
 //! ```
 
-use std::path::PathBuf;
 use std::time::Instant;
-
-use anyhow::{Context, bail, ensure};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(data) = args.first().map(PathBuf::from) else {
-        bail!("usage: ui_seed DATA_DIR [REPOS=1000] [TAGS=20]");
-    };
-    let num = |i: usize, default: usize| -> anyhow::Result<usize> {
-        args.get(i)
-            .map(|s| {
-                s.parse()
-                    .with_context(|| format!("argument {i} {s:?} is not a count"))
-            })
-            .unwrap_or(Ok(default))
-    };
-    let (repos, tags) = (num(1, 1000)?, num(2, 20)?);
-    ensure!(
-        !data.join("berth.db").exists(),
-        "{} already holds a berth.db; seed a fresh directory",
-        data.display()
-    );
+    let args = berth_testkit::seed::seed_args("ui_seed DATA_DIR [REPOS=1000] [TAGS=20]", &[1000, 20])
+        .map_err(anyhow::Error::msg)?;
+    let (data, repos, tags) = (args.data, args.counts[0], args.counts[1]);
     let started = Instant::now();
     let seeded = berth_testkit::seed::repositories(&data, repos, tags).await;
     println!(

@@ -86,7 +86,7 @@ pub struct MirrorArgs {
     common: Common,
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -129,7 +129,7 @@ fn state_dir() -> Option<PathBuf> {
         .map(|d| d.join("berth").join("uploads"))
 }
 
-fn client(
+pub(crate) fn client(
     host: &str,
     loopback: bool,
     insecure: bool,

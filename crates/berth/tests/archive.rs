@@ -549,3 +549,33 @@ fn export_and_import_sign_in_to_a_registry_with_access_control() {
     ]);
     assert_eq!(out.ok().stdout, set.index.data);
 }
+
+#[test]
+fn export_and_import_summaries_count_every_blob_and_byte() {
+    let s = server();
+    let img = Image::build(Flavor::Oci, Platform::linux_amd64(), "archive-summary", 2);
+    push_image_http(&url(&s, ""), "sum/app", "v1", &img);
+    let blobs = img.blobs();
+    let bytes: usize = blobs.iter().map(|b| b.size()).sum();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("sum.tar");
+    let f = file.to_str().unwrap();
+
+    let out = berth(&["export", &format!("{}/sum/app:v1", s.addr), "-o", f]).ok();
+    let want = format!("wrote {f}: {} blobs ({bytes} bytes), 1 manifests", blobs.len());
+    assert!(out.stdout_str().contains(&want), "expected {want:?}:\n{out}");
+
+    let fresh = server();
+    let out = berth(&["import", f, &format!("{}/sum/copy:v1", fresh.addr)]).ok();
+    let want = format!(
+        "{} blobs pushed ({bytes} bytes), 0 already present, 1 manifests",
+        blobs.len()
+    );
+    assert!(out.stdout_str().contains(&want), "expected {want:?}:\n{out}");
+    let out = berth(&["import", f, &format!("{}/sum/copy:v2", fresh.addr)]).ok();
+    let want = format!(
+        "0 blobs pushed (0 bytes), {} already present, 1 manifests",
+        blobs.len()
+    );
+    assert!(out.stdout_str().contains(&want), "expected {want:?}:\n{out}");
+}
