@@ -1219,42 +1219,25 @@ impl BrowseMeta for PgMeta {
 
 #[async_trait]
 impl RowCopy for PgMeta {
-    async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
-        // Tags in `seq` order: the order they were created, which listings fall back on.
-        let order = if table.name == "tags" { "seq" } else { table.key() };
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {order} LIMIT $1 OFFSET $2",
-            table.column_list(),
-            table.name
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(i64::from(limit))
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
+    async fn snapshot(&self) -> Result<Box<dyn RowSnapshot>> {
+        // REPEATABLE READ: every statement of the transaction sees the snapshot taken by
+        // its first, while the replicas go on writing.
+        let tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await?;
-        rows.iter().map(|r| row_cells!(table, r)).collect()
+        Ok(Box::new(PgRows(tx)))
     }
 
-    async fn import_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<u64> {
-        let marks = (1..=table.columns.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO {}({}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-            table.name,
-            table.column_list()
-        );
-        // One plain transaction: the destination serves nobody during a migration, and
-        // inserting in the order given keeps the tags' `seq` in creation order.
+    async fn replace_rows(&self) -> Result<Box<dyn RowReplace>> {
+        // One plain transaction: the destination serves nobody during a migration.
         let mut tx = self.pool.begin().await?;
-        let mut added = 0;
-        for row in rows {
-            let q = bind_cells!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), table, row);
-            added += q.execute(&mut *tx).await?.rows_affected();
+        for table in COPIED_TABLES.iter().rev() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", table.name)))
+                .execute(&mut *tx)
+                .await?;
         }
-        tx.commit().await?;
-        Ok(added)
+        Ok(Box::new(PgRows(tx)))
     }
 
     async fn count_rows(&self, table: &Table) -> Result<u64> {
@@ -1265,6 +1248,53 @@ impl RowCopy for PgMeta {
         .fetch_one(&self.pool)
         .await?;
         Ok(n as u64)
+    }
+}
+
+/// A snapshot or a replacement: one PostgreSQL transaction.
+struct PgRows(Transaction<'static, Postgres>);
+
+#[async_trait]
+impl RowSnapshot for PgRows {
+    async fn rows(&mut self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
+        // Tags in `seq` order: the order they were created, which listings fall back on.
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {} LIMIT $1 OFFSET $2",
+            table.column_list(),
+            table.name,
+            export_order(table, "seq")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(offset as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(|r| row_cells!(table, r)).collect()
+    }
+}
+
+#[async_trait]
+impl RowReplace for PgRows {
+    async fn insert(&mut self, table: &Table, rows: &[Vec<Cell>]) -> Result<()> {
+        let marks = (1..=table.columns.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {}({}) VALUES ({marks})",
+            table.name,
+            table.column_list()
+        );
+        // Inserted in the order given, so the tags' `seq` keeps their creation order.
+        for row in rows {
+            let q = bind_cells!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), table, row);
+            q.execute(&mut *self.0).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.0.commit().await?)
     }
 }
 
