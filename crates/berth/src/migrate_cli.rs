@@ -41,7 +41,8 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "CONFIG")]
     to: PathBuf,
     /// After copying, re-hash every blob at the destination (reads every byte again);
-    /// without it the final pass checks each blob's presence and size.
+    /// without it the blobs this pass recorded are checked for presence and size (those
+    /// an earlier pass recorded were checked by it).
     #[arg(long)]
     verify: bool,
     /// Blobs copied at the same time.
@@ -240,7 +241,25 @@ async fn migrate(
 
     // 1. Blobs, every one the source's metadata records now; no transaction is held
     // open for this, the longest part.
-    let listed = all_blobs(src_meta.as_ref()).await.context("--from: listing blobs")?;
+    // What the destination's metadata records is at the destination (a pass writes no
+    // row for a blob it has not placed, and verified it): skipped without asking the
+    // blob store, so a final pass costs the delta, not a HEAD per blob.
+    let old_blobs: HashMap<Digest, u64> = all_blobs(dst_meta.as_ref())
+        .await
+        .context("--to: listing blobs")?
+        .into_iter()
+        .collect();
+    let mut listed = all_blobs(src_meta.as_ref()).await.context("--from: listing blobs")?;
+    let mut known = Vec::new();
+    listed.retain(|(d, size)| {
+        let recorded = old_blobs.get(d) == Some(size);
+        if recorded {
+            counts.present.fetch_add(1, Ordering::Relaxed);
+            counts.present_bytes.fetch_add(*size, Ordering::Relaxed);
+            known.push(d.clone());
+        }
+        !recorded
+    });
     let first = copy_blobs(
         (src_blobs.as_ref(), src_meta.as_ref(), dst_blobs.as_ref()),
         listed,
@@ -252,7 +271,7 @@ async fn migrate(
     if !first.failures.is_empty() {
         return Ok(report_failures(&first.failures));
     }
-    let mut at_destination: HashSet<Digest> = first.at_destination.into_iter().collect();
+    let mut at_destination: HashSet<Digest> = first.at_destination.into_iter().chain(known).collect();
 
     // 2. A snapshot of the metadata, and the blobs it names that are still missing:
     // pushed since the listing. One the source collected since the snapshot cannot be
@@ -325,9 +344,6 @@ async fn migrate(
     );
 
     // 3. The destination's metadata becomes the snapshot, in one transaction.
-    let old_blobs = all_blobs(dst_meta.as_ref())
-        .await
-        .context("--to: listing blobs")?;
     let mut before = row_fingerprints(dst_meta.as_ref())
         .await
         .context("--to: reading the metadata it holds")?;
@@ -379,8 +395,7 @@ async fn migrate(
     let keep: HashSet<&Digest> = referenced.iter().map(|(d, _)| d).collect();
     let mut removed = 0u64;
     let stale: HashSet<&Digest> = old_blobs
-        .iter()
-        .map(|(d, _)| d)
+        .keys()
         .chain(at_destination.iter())
         .filter(|d| !keep.contains(d))
         .collect();
@@ -398,6 +413,7 @@ async fn migrate(
     // 5. Verification at the destination.
     let ok = verify(
         &written,
+        &old_blobs,
         dst_meta.as_ref(),
         dst_blobs.as_ref(),
         args.verify,
@@ -610,9 +626,12 @@ async fn copy_blob(
 }
 
 /// Every blob the destination's metadata records is present with its size (and, with
-/// `rehash`, hashes to its digest); every table holds the rows the snapshot had.
+/// `rehash`, hashes to its digest); every table holds the rows the snapshot had. Without
+/// `rehash`, blobs an earlier pass recorded (`checked_before`, verified by it) are not
+/// asked about again.
 async fn verify(
     written: &[(&Table, u64)],
+    checked_before: &HashMap<Digest, u64>,
     dst_meta: &dyn MetaStore,
     dst_blobs: &dyn BlobStore,
     rehash: bool,
@@ -629,17 +648,21 @@ async fn verify(
         }
     }
     let mut after: Option<Digest> = None;
-    let (mut checked, mut checked_bytes) = (0u64, 0u64);
+    let (mut checked, mut checked_bytes, mut earlier) = (0u64, 0u64, 0u64);
     progress.line(if rehash {
         "verifying: re-hashing every blob at the destination"
     } else {
-        "verifying: every blob at the destination, by size"
+        "verifying: the blobs this pass recorded at the destination, by size"
     });
     loop {
         let page = dst_meta.blobs_page(after.as_ref(), 1000).await?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (digest, size) in page {
+            if !rehash && checked_before.get(&digest) == Some(&size) {
+                earlier += 1;
+                continue;
+            }
             match dst_blobs.stat(&digest).await? {
                 Some(n) if n == size => {}
                 Some(n) => problems.push(format!(
@@ -663,9 +686,13 @@ async fn verify(
         }
     }
     println!(
-        "migrate-storage: verified {checked} blobs ({}) {} at the destination, {} problem(s)",
+        "migrate-storage: verified {checked} blobs ({}) {} at the destination{}, {} problem(s)",
         bytes(checked_bytes),
         if rehash { "by re-hashing" } else { "by size" },
+        match earlier {
+            0 => String::new(),
+            n => format!(" ({n} more verified by an earlier pass)"),
+        },
         problems.len()
     );
     for p in &problems {
