@@ -475,7 +475,11 @@ pub trait RowReplace: Send {
 
 /// The ORDER BY of a snapshot read; `tag_order` is the backend's creation-order column.
 pub(crate) fn export_order(table: &Table, tag_order: &'static str) -> &'static str {
-    if table.name == "tags" { tag_order } else { table.key() }
+    if table.name == "tags" {
+        tag_order
+    } else {
+        table.key()
+    }
 }
 
 /// Reads a row's columns as `table` declares them (a macro: the row types of SQLite and

@@ -249,7 +249,9 @@ async fn migrate(
         .context("--to: listing blobs")?
         .into_iter()
         .collect();
-    let mut listed = all_blobs(src_meta.as_ref()).await.context("--from: listing blobs")?;
+    let mut listed = all_blobs(src_meta.as_ref())
+        .await
+        .context("--from: listing blobs")?;
     let mut known = Vec::new();
     listed.retain(|(d, size)| {
         let recorded = old_blobs.get(d) == Some(size);
@@ -384,10 +386,7 @@ async fn migrate(
         );
         written.push((table, offset));
     }
-    replace
-        .commit()
-        .await
-        .context("--to: committing the metadata")?;
+    replace.commit().await.context("--to: committing the metadata")?;
     drop(snap);
 
     // 4. Bytes at the destination that its metadata no longer names: collected at the
@@ -407,7 +406,9 @@ async fn migrate(
         removed += 1;
     }
     if removed > 0 {
-        println!("migrate-storage: removed {removed} blob(s) from the destination that the source no longer has");
+        println!(
+            "migrate-storage: removed {removed} blob(s) from the destination that the source no longer has"
+        );
     }
 
     // 5. Verification at the destination.
