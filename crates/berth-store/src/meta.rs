@@ -473,6 +473,10 @@ pub trait RowReplace: Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// Rows per INSERT statement of a [`RowReplace`]: at most 10 columns, so far below the
+/// bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+pub(crate) const INSERT_ROWS: usize = 200;
+
 /// The ORDER BY of a snapshot read; `tag_order` is the backend's creation-order column.
 pub(crate) fn export_order(table: &Table, tag_order: &'static str) -> &'static str {
     if table.name == "tags" {

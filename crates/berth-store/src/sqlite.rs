@@ -1001,14 +1001,20 @@ impl RowSnapshot for SqliteRows {
 #[async_trait]
 impl RowReplace for SqliteRows {
     async fn insert(&mut self, table: &Table, rows: &[Vec<Cell>]) -> Result<()> {
-        let marks = vec!["?"; table.columns.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO {}({}) VALUES ({marks})",
-            table.name,
-            table.column_list()
-        );
-        for row in rows {
-            let q = bind_cells!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), table, row);
+        // Many rows per statement: a final pass (the stop) is mostly this. SQLite takes
+        // up to 32,766 parameters.
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let row = format!("({})", vec!["?"; table.columns.len()].join(", "));
+            let sql = format!(
+                "INSERT INTO {}({}) VALUES {}",
+                table.name,
+                table.column_list(),
+                vec![row; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                q = bind_cells!(q, table, row);
+            }
             q.execute(&mut *self.0).await?;
         }
         Ok(())

@@ -199,8 +199,11 @@ struct Counts {
 /// snapshot still names (each round copies only what the previous ones did not).
 const SNAPSHOT_ROUNDS: u32 = 5;
 
-/// Rows read from the snapshot and written to the destination at a time.
-const ROW_PAGE: u32 = 500;
+/// Rows read from the snapshot and written to the destination at a time: fewer for
+/// manifests, whose bodies make their rows large.
+fn row_page(table: &Table) -> u32 {
+    if table.name == "manifests" { 500 } else { 5000 }
+}
 
 /// What one batch of blob copies came to.
 #[derive(Default)]
@@ -359,7 +362,7 @@ async fn migrate(
         let (mut offset, mut added, mut changed) = (0u64, 0u64, 0u64);
         loop {
             let rows = snap
-                .rows(table, offset, ROW_PAGE)
+                .rows(table, offset, row_page(table))
                 .await
                 .with_context(|| format!("--from: reading {} from the snapshot", table.name))?;
             if rows.is_empty() {
@@ -515,7 +518,7 @@ async fn row_fingerprints(
     for table in COPIED_TABLES {
         let mut rows = HashMap::new();
         loop {
-            let page = snap.rows(table, rows.len() as u64, ROW_PAGE).await?;
+            let page = snap.rows(table, rows.len() as u64, row_page(table)).await?;
             if page.is_empty() {
                 break;
             }
