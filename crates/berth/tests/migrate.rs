@@ -282,7 +282,7 @@ fn pass_seconds(out: &str) -> f64 {
 }
 
 /// The whole cut-over, as docs/how-to/migrate-storage.md tells it: a pass while the
-/// source takes pushes, tag moves and deletes; then stop it, the final pass, and berth on
+/// source takes pushes, tag moves, deletes and garbage collections; then stop it, the final pass, and berth on
 /// S3 + PostgreSQL answers every tag with the digest the source had at the stop, every
 /// image pulls and verifies through skopeo, and deleted tags are gone.
 #[test]
@@ -290,7 +290,10 @@ fn live_pass_while_serving_then_final_pass_after_the_stop() {
     let skopeo = Skopeo::new();
     let tmp = tempfile::tempdir().unwrap();
     let fs_storage = "blobs = \"fs\"\nmetadata = \"sqlite\"\n";
-    let mut src = TestServer::start(BIN, fs_storage);
+    let mut src = TestServer::start(
+        BIN,
+        &format!("{fs_storage}[gc]\ngrace = \"1s\"\ncache_grace = \"1s\"\nschedule = \"off\"\n"),
+    );
     let oci = |dir: &str, tag: &str| format!("oci:{}:{tag}", tmp.path().join(dir).display());
 
     // Before: 12 images (one with a 24 MiB layer) and an index, and a tag to be deleted.
@@ -328,23 +331,31 @@ fn live_pass_while_serving_then_final_pass_after_the_stop() {
     let s3pg = format!("metadata = \"{db}\"\n{}", s3.berth_config(dst_dir.path(), "live"));
     let to = config(dst_dir.path(), &s3pg);
 
-    // The load: new tags, a tag moved, a pushed image deleted, in a loop until told.
+    // The load: new tags, a tag moved, a pushed image deleted and collected (GC runs on
+    // the source while the pass copies), in a loop until told.
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicUsize::new(0));
     let load = {
         let (stop, rounds, addr) = (stop.clone(), rounds.clone(), src.addr.clone());
-        let layouts: Vec<String> = (200..260).map(image).collect();
+        // Images pushed to stay, and images of their own (blobs no other image has) to be
+        // deleted and collected.
+        let layouts: Vec<(String, String)> = (200..260).map(|i| (image(i), image(i + 100))).collect();
         std::thread::spawn(move || {
             let skopeo = Skopeo::new();
             let started = Instant::now();
-            for (i, layout) in layouts.iter().enumerate() {
+            for (i, (layout, doomed)) in layouts.iter().enumerate() {
                 if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(240) {
                     break;
                 }
                 skopeo.copy(layout, &docker_ref(&addr, "live/app", &format!("n{i}")), &[]);
                 skopeo.copy(layout, &docker_ref(&addr, "live/app", "moving"), &[]);
-                skopeo.copy(layout, &docker_ref(&addr, "live/tmp", &format!("t{i}")), &[]);
+                skopeo.copy(doomed, &docker_ref(&addr, "live/tmp", &format!("t{i}")), &[]);
                 skopeo.delete(&docker_ref(&addr, "live/tmp", &format!("t{i}")));
+                let gc = run(
+                    Command::new(BIN).args(["gc", "--server", &format!("http://{addr}")]),
+                    Duration::from_secs(60),
+                );
+                assert!(gc.success(), "berth gc: {gc}");
                 rounds.fetch_add(1, Ordering::SeqCst);
             }
         })
@@ -363,6 +374,7 @@ fn live_pass_while_serving_then_final_pass_after_the_stop() {
     let during = rounds.load(Ordering::SeqCst) - before;
     let out = live.stdout_str();
     assert!(out.contains("(live pass: the source was serving)"), "{live}");
+    println!("live pass, blobs: {}", line_with(&out, "migrate-storage: blobs:"));
     assert!(out.contains("To cut over: stop berth on the source"), "{out}");
     assert!(out.contains("0 problem(s)"), "{out}");
     // One more round after the pass at least, then a tag deleted and a tag moved that
