@@ -22,8 +22,8 @@ pub use blob::{BlobRead, BlobSink, BlobStore, ByteRange, UploadReader};
 pub use meta::{
     BlobMeta, BrowseMeta, COPIED_TABLES, CachedTag, Cell, ColumnKind, Coordination, Deletion, GcReport,
     IntegrityMeta, LifecycleMeta, LockGuard, ManifestMeta, ManifestRow, MetaStore, NewManifest, PutManifest,
-    RefRow, Referrer, Removal, RepoSummary, RowCopy, StorageStats, Table, TagInfo, UploadMeta, UploadRow,
-    Usage,
+    RefRow, Referrer, Removal, RepoSummary, RowCopy, RowReplace, RowSnapshot, StorageStats, Table, TagInfo,
+    UploadMeta, UploadRow, Usage,
 };
 
 #[derive(Debug, thiserror::Error)]

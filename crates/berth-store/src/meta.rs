@@ -341,7 +341,7 @@ pub enum ColumnKind {
 }
 
 /// One value of a row being copied between metadata stores.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Cell {
     Null,
     Int(i64),
@@ -421,6 +421,11 @@ impl Table {
             .join(", ")
     }
 
+    /// How many leading columns make up the primary key.
+    pub fn key_len(&self) -> usize {
+        self.key().split(", ").count()
+    }
+
     /// The primary key columns, in order (`ORDER BY` and conflict detection).
     pub fn key(&self) -> &'static str {
         match self.name {
@@ -436,17 +441,49 @@ impl Table {
 }
 
 /// Whole tables out of one metadata store and into another (`berth migrate-storage`),
-/// with every column as stored: manifests' bytes, timestamps, tag creation order. Meant for
-/// stores no registry is serving from.
+/// with every column as stored: manifests' bytes, timestamps, tag creation order. The
+/// source may be serving (a snapshot is one read transaction); the destination must not
+/// be (its rows are replaced wholesale).
 #[async_trait]
 pub trait RowCopy: Send + Sync {
+    /// A consistent view of every copied table as of one moment, however long it is
+    /// read while writers go on: one read-only transaction (SQLite WAL, PostgreSQL
+    /// `REPEATABLE READ`), rolled back when the snapshot is dropped.
+    async fn snapshot(&self) -> Result<Box<dyn RowSnapshot>>;
+    /// Starts the one transaction that replaces every row of [`COPIED_TABLES`]: they are
+    /// emptied first, so what the rows given next leave out (moved tags, deleted
+    /// manifests, collected blobs) is gone too once it commits. Upload sessions are kept.
+    async fn replace_rows(&self) -> Result<Box<dyn RowReplace>>;
+    async fn count_rows(&self, table: &Table) -> Result<u64>;
+}
+
+/// See [`RowCopy::snapshot`].
+#[async_trait]
+pub trait RowSnapshot: Send {
     /// Rows of `table` (one of [`COPIED_TABLES`]) from position `offset`, at most `limit`,
     /// in key order (tags: in the order they were created), values in column order.
-    async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>>;
-    /// Inserts rows in the order given, skipping those whose key is already present (so a
-    /// copy can be run again); one transaction. Returns how many rows were new.
-    async fn import_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<u64>;
-    async fn count_rows(&self, table: &Table) -> Result<u64>;
+    async fn rows(&mut self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>>;
+}
+
+/// See [`RowCopy::replace_rows`]. Dropped without [`RowReplace::commit`], nothing changes.
+#[async_trait]
+pub trait RowReplace: Send {
+    /// Inserts rows in the order given (tags keep their creation order).
+    async fn insert(&mut self, table: &Table, rows: &[Vec<Cell>]) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Rows per INSERT statement of a [`RowReplace`]: at most 10 columns, so far below the
+/// bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+pub(crate) const INSERT_ROWS: usize = 200;
+
+/// The ORDER BY of a snapshot read; `tag_order` is the backend's creation-order column.
+pub(crate) fn export_order(table: &Table, tag_order: &'static str) -> &'static str {
+    if table.name == "tags" {
+        tag_order
+    } else {
+        table.key()
+    }
 }
 
 /// Reads a row's columns as `table` declares them (a macro: the row types of SQLite and

@@ -1219,42 +1219,30 @@ impl BrowseMeta for PgMeta {
 
 #[async_trait]
 impl RowCopy for PgMeta {
-    async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
-        // Tags in `seq` order: the order they were created, which listings fall back on.
-        let order = if table.name == "tags" { "seq" } else { table.key() };
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {order} LIMIT $1 OFFSET $2",
-            table.column_list(),
-            table.name
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(i64::from(limit))
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
+    async fn snapshot(&self) -> Result<Box<dyn RowSnapshot>> {
+        // REPEATABLE READ: every statement of the transaction sees the snapshot taken by
+        // its first, while the replicas go on writing.
+        let tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await?;
-        rows.iter().map(|r| row_cells!(table, r)).collect()
+        Ok(Box::new(PgRows(tx)))
     }
 
-    async fn import_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<u64> {
-        let marks = (1..=table.columns.len())
-            .map(|i| format!("${i}"))
+    async fn replace_rows(&self) -> Result<Box<dyn RowReplace>> {
+        // One plain transaction: the destination serves nobody during a migration, so
+        // TRUNCATE's exclusive lock costs nothing, and it is far quicker than DELETE on
+        // large tables (and rolled back like it).
+        let mut tx = self.pool.begin().await?;
+        let tables = COPIED_TABLES
+            .iter()
+            .map(|t| t.name)
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!(
-            "INSERT INTO {}({}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-            table.name,
-            table.column_list()
-        );
-        // One plain transaction: the destination serves nobody during a migration, and
-        // inserting in the order given keeps the tags' `seq` in creation order.
-        let mut tx = self.pool.begin().await?;
-        let mut added = 0;
-        for row in rows {
-            let q = bind_cells!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), table, row);
-            added += q.execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(added)
+        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {tables}")))
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(PgRows(tx)))
     }
 
     async fn count_rows(&self, table: &Table) -> Result<u64> {
@@ -1265,6 +1253,61 @@ impl RowCopy for PgMeta {
         .fetch_one(&self.pool)
         .await?;
         Ok(n as u64)
+    }
+}
+
+/// A snapshot or a replacement: one PostgreSQL transaction.
+struct PgRows(Transaction<'static, Postgres>);
+
+#[async_trait]
+impl RowSnapshot for PgRows {
+    async fn rows(&mut self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
+        // Tags in `seq` order: the order they were created, which listings fall back on.
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {} LIMIT $1 OFFSET $2",
+            table.column_list(),
+            table.name,
+            export_order(table, "seq")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(offset as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(|r| row_cells!(table, r)).collect()
+    }
+}
+
+#[async_trait]
+impl RowReplace for PgRows {
+    async fn insert(&mut self, table: &Table, rows: &[Vec<Cell>]) -> Result<()> {
+        // Many rows per statement: a final pass (the stop) is mostly this. Rows of one
+        // VALUES list take `seq` in list order, so tags keep their creation order.
+        let n = table.columns.len();
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let values = (0..chunk.len())
+                .map(|r| {
+                    let marks = (1..=n).map(|c| format!("${}", r * n + c)).collect::<Vec<_>>();
+                    format!("({})", marks.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO {}({}) VALUES {values}",
+                table.name,
+                table.column_list()
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                q = bind_cells!(q, table, row);
+            }
+            q.execute(&mut *self.0).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.0.commit().await?)
     }
 }
 

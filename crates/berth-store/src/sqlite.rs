@@ -949,41 +949,20 @@ impl BrowseMeta for SqliteMeta {
 
 #[async_trait]
 impl RowCopy for SqliteMeta {
-    async fn export_rows(&self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
-        // Tags in rowid order: the order they were created, which listings fall back on.
-        let order = if table.name == "tags" {
-            "rowid"
-        } else {
-            table.key()
-        };
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {order} LIMIT ? OFFSET ?",
-            table.column_list(),
-            table.name
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(i64::from(limit))
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| row_cells!(table, r)).collect()
+    async fn snapshot(&self) -> Result<Box<dyn RowSnapshot>> {
+        // A deferred transaction on a read-only connection: in WAL mode its first read
+        // fixes what it sees, and the server's writers go on meanwhile.
+        Ok(Box::new(SqliteRows(self.pool.begin().await?)))
     }
 
-    async fn import_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<u64> {
-        let marks = vec!["?"; table.columns.len()].join(", ");
-        let sql = format!(
-            "INSERT OR IGNORE INTO {}({}) VALUES ({marks})",
-            table.name,
-            table.column_list()
-        );
+    async fn replace_rows(&self) -> Result<Box<dyn RowReplace>> {
         let mut tx = self.write_tx().await?;
-        let mut added = 0;
-        for row in rows {
-            let q = bind_cells!(sqlx::query(sqlx::AssertSqlSafe(sql.clone())), table, row);
-            added += q.execute(&mut *tx).await?.rows_affected();
+        for table in COPIED_TABLES.iter().rev() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", table.name)))
+                .execute(&mut *tx)
+                .await?;
         }
-        tx.commit().await?;
-        Ok(added)
+        Ok(Box::new(SqliteRows(tx)))
     }
 
     async fn count_rows(&self, table: &Table) -> Result<u64> {
@@ -994,6 +973,55 @@ impl RowCopy for SqliteMeta {
         .fetch_one(&self.pool)
         .await?;
         Ok(n as u64)
+    }
+}
+
+/// A snapshot or a replacement: one SQLite transaction.
+struct SqliteRows(Transaction<'static, Sqlite>);
+
+#[async_trait]
+impl RowSnapshot for SqliteRows {
+    async fn rows(&mut self, table: &Table, offset: u64, limit: u32) -> Result<Vec<Vec<Cell>>> {
+        // Tags in rowid order: the order they were created, which listings fall back on.
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {} LIMIT ? OFFSET ?",
+            table.column_list(),
+            table.name,
+            export_order(table, "rowid")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(offset as i64)
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(|r| row_cells!(table, r)).collect()
+    }
+}
+
+#[async_trait]
+impl RowReplace for SqliteRows {
+    async fn insert(&mut self, table: &Table, rows: &[Vec<Cell>]) -> Result<()> {
+        // Many rows per statement: a final pass (the stop) is mostly this. SQLite takes
+        // up to 32,766 parameters.
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let row = format!("({})", vec!["?"; table.columns.len()].join(", "));
+            let sql = format!(
+                "INSERT INTO {}({}) VALUES {}",
+                table.name,
+                table.column_list(),
+                vec![row; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                q = bind_cells!(q, table, row);
+            }
+            q.execute(&mut *self.0).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.0.commit().await?)
     }
 }
 

@@ -91,9 +91,10 @@ enum Command {
     /// another registry, then verify each at the destination the way a client pulls it.
     Mirror(transfer_cli::MirrorArgs),
     /// Copy an installation's storage into another backend (filesystem + SQLite to S3 +
-    /// PostgreSQL, or back): every blob streamed and re-hashed, then every metadata row,
-    /// then a verification pass. Resumable: what the destination has is skipped. The
-    /// source must be stopped (refused while a server holds its data directory).
+    /// PostgreSQL, or back): every blob streamed and re-hashed, then a consistent snapshot
+    /// of the metadata replacing the destination's, then a verification pass. The source
+    /// may be serving (run again after stopping it: the final pass copies only what
+    /// changed); the destination must not be. Resumable: what the destination has is skipped.
     MigrateStorage(migrate_cli::MigrateArgs),
     /// Manage an htpasswd file (bcrypt) for `auth.htpasswd`; a running server picks up
     /// changes within seconds.

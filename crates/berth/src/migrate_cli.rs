@@ -1,23 +1,33 @@
 //! `berth migrate-storage`: copies an installation's storage (blob store and metadata
 //! store) into another, any backend to any backend (filesystem + SQLite to S3 + PostgreSQL
-//! and back). Blobs first, streamed and re-hashed on their way into the destination, then
-//! every metadata row as stored, then a verification pass. Everything already at the
-//! destination is skipped, so an interrupted run is resumed by running it again.
+//! and back), like rsync run twice: the first pass while the source serves, the second,
+//! short one after it stops.
 //!
-//! The source must not be serving: `berth serve` holds a shared lock on
-//! `<data_dir>/berth.lock` and this command takes it exclusively, so it refuses to start
-//! while a server (of this version or later) runs on either data directory.
+//! A pass: every blob the source records that the destination lacks, streamed and
+//! re-hashed on its way; then a snapshot of the source's metadata (one read transaction,
+//! the server writing on meanwhile) and the blobs it references that are still missing
+//! (pushed in the meantime; a few rounds, a new snapshot whenever a blob it needs was
+//! collected at the source); then the destination's metadata replaced by the snapshot in
+//! one transaction, so moved tags, deleted manifests and collected blobs carry over too;
+//! then the destination's bytes that no snapshot row refers to any more are deleted, and
+//! everything is verified. Destination metadata never names a blob that is not there.
+//!
+//! `berth serve` holds `<data_dir>/berth.lock` shared. On the source this command takes
+//! it exclusively when it can (the pass is final; no server starts meanwhile), else
+//! shared (the source is serving: the pass is not final, the summary says how to cut
+//! over). The destination must not be served: its lock is taken exclusively or the run
+//! refused.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use berth_oci::{Digest, DigestHasher, UploadId};
-use berth_store::{BlobStore, COPIED_TABLES, MetaStore};
+use berth_store::{BlobStore, COPIED_TABLES, Cell, MetaStore, RowSnapshot, Table};
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::config::{BlobBackend, Config, Metadata};
@@ -31,7 +41,8 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "CONFIG")]
     to: PathBuf,
     /// After copying, re-hash every blob at the destination (reads every byte again);
-    /// without it the final pass checks each blob's presence and size.
+    /// without it the blobs this pass recorded are checked for presence and size (those
+    /// an earlier pass recorded were checked by it).
     #[arg(long)]
     verify: bool,
     /// Blobs copied at the same time.
@@ -88,30 +99,43 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<bool> {
             db.display()
         );
     }
-    // Both data directories are locked for the whole run: a server running on the
-    // source would go on changing it behind the copy, one on the destination would serve
-    // half-copied content.
-    let mut locks = Vec::new();
-    for (flag, path, config) in [("--from", &args.from, &from), ("--to", &args.to, &to)] {
-        let dir = &config.storage.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
-        match lock_data_dir(dir, true)? {
-            Some(f) => locks.push(f),
+    // The destination is locked exclusively for the whole run: a server on it would
+    // serve half-copied content. Created first so a fresh destination can be locked.
+    let dst_dir = &to.storage.data_dir;
+    std::fs::create_dir_all(dst_dir)
+        .with_context(|| format!("creating data directory {}", dst_dir.display()))?;
+    let Some(_dst_lock) = lock_data_dir(dst_dir, true)? else {
+        bail!(
+            "--to {}: a berth server (or another migrate-storage) is running on the data directory \
+             {} (it holds {}); the destination must not be served during a migration: stop it",
+            args.to.display(),
+            dst_dir.display(),
+            dst_dir.join(LOCK_FILE).display()
+        );
+    };
+    // The source: exclusively if nothing serves it (this pass is then final and no
+    // server starts on it meanwhile), else shared beside the server.
+    let src_dir = &from.storage.data_dir;
+    std::fs::create_dir_all(src_dir)
+        .with_context(|| format!("creating data directory {}", src_dir.display()))?;
+    let (_src_lock, serving) = match lock_data_dir(src_dir, true)? {
+        Some(f) => (f, false),
+        None => match lock_data_dir(src_dir, false)? {
+            Some(f) => (f, true),
             None => bail!(
-                "{flag} {}: a berth server is running on the data directory {} (it holds {}); \
-                 stop it (every replica) before migrating",
-                path.display(),
-                dir.display(),
-                dir.join(LOCK_FILE).display()
+                "--from {}: another berth migrate-storage holds the data directory {} ({})",
+                args.from.display(),
+                src_dir.display(),
+                src_dir.join(LOCK_FILE).display()
             ),
-        }
-    }
+        },
+    };
     let progress = Progress::new(args.quiet);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(migrate(&from, &to, &args, progress))
+        .block_on(migrate(&from, &to, &args, serving, progress))
 }
 
 fn same_place(a: &Config, b: &Config) -> bool {
@@ -167,9 +191,38 @@ struct Counts {
     present: AtomicU64,
     present_bytes: AtomicU64,
     replaced: AtomicU64,
+    /// Collected at the source while the pass ran: nothing to copy.
+    vanished: AtomicU64,
 }
 
-async fn migrate(from: &Config, to: &Config, args: &MigrateArgs, progress: Progress) -> anyhow::Result<bool> {
+/// Snapshots a pass takes at most while a source keeps collecting blobs that the latest
+/// snapshot still names (each round copies only what the previous ones did not).
+const SNAPSHOT_ROUNDS: u32 = 5;
+
+/// Rows read from the snapshot and written to the destination at a time: fewer for
+/// manifests, whose bodies make their rows large.
+fn row_page(table: &Table) -> u32 {
+    if table.name == "manifests" { 500 } else { 5000 }
+}
+
+/// What one batch of blob copies came to.
+#[derive(Default)]
+struct Copied {
+    /// At the destination with the right size now (copied or already there).
+    at_destination: Vec<Digest>,
+    /// Gone from the source's metadata and bytes while the pass ran.
+    vanished: Vec<Digest>,
+    /// Could not be copied, with why.
+    failures: Vec<String>,
+}
+
+async fn migrate(
+    from: &Config,
+    to: &Config,
+    args: &MigrateArgs,
+    serving: bool,
+    progress: Progress,
+) -> anyhow::Result<bool> {
     let started = Instant::now();
     let src_blobs = crate::serve::open_blobs(from)
         .await
@@ -183,36 +236,104 @@ async fn migrate(from: &Config, to: &Config, args: &MigrateArgs, progress: Progr
         .context("--to: metadata store")?;
     progress.line(&format!("from: {}", describe(from)));
     progress.line(&format!("to:   {}", describe(to)));
-
-    // 1. Blobs, every one the source's metadata records.
-    let mut blobs: Vec<(Digest, u64)> = Vec::new();
-    loop {
-        let page = src_meta.blobs_page(blobs.last().map(|(d, _)| d), 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        blobs.extend(page);
+    if serving {
+        progress.line("the source is serving: this pass copies it as of a snapshot; it is not final");
     }
-    let total_bytes: u64 = blobs.iter().map(|(_, s)| s).sum();
-    progress.start_blobs(blobs.len() as u64, total_bytes);
-    let counts = Arc::new(Counts::default());
-    let failures: Vec<String> = futures_util::stream::iter(blobs.iter().cloned())
-        .map(|(digest, size)| {
-            let (src, dst, counts, progress) = (&src_blobs, &dst_blobs, counts.clone(), &progress);
-            async move {
-                let r = copy_blob(src.as_ref(), dst.as_ref(), &digest, size, &counts).await;
-                progress.blob_done(size);
-                r.err().map(|e| format!("blob {digest} ({size} bytes): {e:#}"))
-            }
-        })
-        .buffer_unordered(usize::from(args.jobs))
-        .filter_map(|f| async move { f })
-        .collect()
+    let counts = Counts::default();
+    let jobs = usize::from(args.jobs);
+
+    // 1. Blobs, every one the source's metadata records now; no transaction is held
+    // open for this, the longest part.
+    // What the destination's metadata records is at the destination (a pass writes no
+    // row for a blob it has not placed, and verified it): skipped without asking the
+    // blob store, so a final pass costs the delta, not a HEAD per blob.
+    let old_blobs: HashMap<Digest, u64> = all_blobs(dst_meta.as_ref())
+        .await
+        .context("--to: listing blobs")?
+        .into_iter()
+        .collect();
+    let mut listed = all_blobs(src_meta.as_ref())
+        .await
+        .context("--from: listing blobs")?;
+    let mut known = Vec::new();
+    listed.retain(|(d, size)| {
+        let recorded = old_blobs.get(d) == Some(size);
+        if recorded {
+            counts.present.fetch_add(1, Ordering::Relaxed);
+            counts.present_bytes.fetch_add(*size, Ordering::Relaxed);
+            known.push(d.clone());
+        }
+        !recorded
+    });
+    let first = copy_blobs(
+        (src_blobs.as_ref(), src_meta.as_ref(), dst_blobs.as_ref()),
+        listed,
+        jobs,
+        &counts,
+        &progress,
+    )
+    .await;
+    if !first.failures.is_empty() {
+        return Ok(report_failures(&first.failures));
+    }
+    let mut at_destination: HashSet<Digest> = first.at_destination.into_iter().chain(known).collect();
+
+    // 2. A snapshot of the metadata, and the blobs it names that are still missing:
+    // pushed since the listing. One the source collected since the snapshot cannot be
+    // copied, so a newer snapshot (which no longer names it) is taken.
+    let mut round = 0;
+    let (mut snap, referenced, snapshot_at) = loop {
+        round += 1;
+        let snapshot_at = started.elapsed();
+        let mut snap = src_meta
+            .snapshot()
+            .await
+            .context("--from: taking a snapshot of the metadata")?;
+        let referenced = snapshot_blobs(snap.as_mut()).await?;
+        let missing: Vec<(Digest, u64)> = referenced
+            .iter()
+            .filter(|(d, _)| !at_destination.contains(d))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            break (snap, referenced, snapshot_at);
+        }
+        progress.line(&format!(
+            "snapshot {round}: {} blob(s) pushed since the listing",
+            missing.len()
+        ));
+        let more = copy_blobs(
+            (src_blobs.as_ref(), src_meta.as_ref(), dst_blobs.as_ref()),
+            missing,
+            jobs,
+            &counts,
+            &progress,
+        )
         .await;
-    progress.finish_blobs();
+        if !more.failures.is_empty() {
+            return Ok(report_failures(&more.failures));
+        }
+        at_destination.extend(more.at_destination);
+        if more.vanished.is_empty() {
+            break (snap, referenced, snapshot_at);
+        }
+        if round == SNAPSHOT_ROUNDS {
+            eprintln!(
+                "migrate-storage: after {round} snapshots the source still names blobs it has \
+                 collected meanwhile (last: {}); no metadata was written. Run this again, \
+                 ideally while no garbage collection runs on the source.",
+                more.vanished[0]
+            );
+            return Ok(false);
+        }
+        progress.line(&format!(
+            "snapshot {round}: {} blob(s) it names were collected at the source meanwhile; taking a new one",
+            more.vanished.len()
+        ));
+    };
     let c = &counts;
     println!(
-        "migrate-storage: blobs: {} copied ({}), {} already at the destination ({}){}",
+        "migrate-storage: blobs: {} copied ({}), {} already at the destination ({}){}{}",
         c.copied.load(Ordering::Relaxed),
         bytes(c.copied_bytes.load(Ordering::Relaxed)),
         c.present.load(Ordering::Relaxed),
@@ -220,58 +341,238 @@ async fn migrate(from: &Config, to: &Config, args: &MigrateArgs, progress: Progr
         match c.replaced.load(Ordering::Relaxed) {
             0 => String::new(),
             n => format!(", {n} of them replacing damaged copies"),
+        },
+        match c.vanished.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(", {n} collected at the source meanwhile (skipped)"),
         }
     );
-    if !failures.is_empty() {
-        for f in &failures {
-            eprintln!("migrate-storage: {f}");
-        }
-        eprintln!(
-            "migrate-storage: {} blob(s) could not be copied; no metadata was copied. Fix the source \
-             (`berth scrub --repair` on it) and run this again: what was copied is kept.",
-            failures.len()
-        );
-        return Ok(false);
-    }
 
-    // 2. Metadata, table by table, parents first; rows already there are kept.
+    // 3. The destination's metadata becomes the snapshot, in one transaction.
+    let mut before = row_fingerprints(dst_meta.as_ref())
+        .await
+        .context("--to: reading the metadata it holds")?;
+    let mut replace = dst_meta
+        .replace_rows()
+        .await
+        .context("--to: starting the metadata transaction")?;
+    let mut written = Vec::new();
     for table in COPIED_TABLES {
-        let total = src_meta.count_rows(table).await?;
-        let (mut offset, mut added) = (0u64, 0u64);
+        let mut old = before.remove(table.name).unwrap_or_default();
+        let (mut offset, mut added, mut changed) = (0u64, 0u64, 0u64);
         loop {
-            let rows = src_meta.export_rows(table, offset, 500).await?;
+            let rows = snap
+                .rows(table, offset, row_page(table))
+                .await
+                .with_context(|| format!("--from: reading {} from the snapshot", table.name))?;
             if rows.is_empty() {
                 break;
             }
             offset += rows.len() as u64;
-            added += dst_meta
-                .import_rows(table, &rows)
+            for row in &rows {
+                match old.remove(&row[..table.key_len()]) {
+                    None => added += 1,
+                    Some(h) if h != fingerprint(row) => changed += 1,
+                    Some(_) => {}
+                }
+            }
+            replace
+                .insert(table, &rows)
                 .await
-                .with_context(|| format!("writing {} rows at the destination", table.name))?;
-            progress.rows(table.name, offset, total);
+                .with_context(|| format!("--to: writing {} rows", table.name))?;
+            progress.rows(table.name, offset);
         }
         println!(
-            "migrate-storage: {}: {offset} rows, {added} copied, {} already there",
+            "migrate-storage: {}: {offset} rows: {added} added, {changed} changed, {} removed",
             table.name,
-            offset - added
+            old.len()
+        );
+        written.push((table, offset));
+    }
+    replace.commit().await.context("--to: committing the metadata")?;
+    drop(snap);
+
+    // 4. Bytes at the destination that its metadata no longer names: collected at the
+    // source since an earlier pass, or copied this pass and collected before the snapshot.
+    let keep: HashSet<&Digest> = referenced.iter().map(|(d, _)| d).collect();
+    let mut removed = 0u64;
+    let stale: HashSet<&Digest> = old_blobs
+        .keys()
+        .chain(at_destination.iter())
+        .filter(|d| !keep.contains(d))
+        .collect();
+    for digest in stale {
+        dst_blobs
+            .delete(digest)
+            .await
+            .with_context(|| format!("--to: deleting blob {digest}, which the source no longer has"))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        println!(
+            "migrate-storage: removed {removed} blob(s) from the destination that the source no longer has"
         );
     }
 
-    // 3. Verification at the destination.
+    // 5. Verification at the destination.
     let ok = verify(
-        src_meta.as_ref(),
+        &written,
+        &old_blobs,
         dst_meta.as_ref(),
         dst_blobs.as_ref(),
         args.verify,
         &progress,
     )
     .await?;
+    let took = started.elapsed().as_secs_f64();
     println!(
-        "migrate-storage: {} in {:.1}s",
+        "migrate-storage: {} in {took:.1}s ({})",
         if ok { "done" } else { "FAILED verification" },
-        started.elapsed().as_secs_f64()
+        if serving {
+            "live pass: the source was serving"
+        } else {
+            "final pass"
+        }
     );
+    if ok && serving {
+        println!(
+            "migrate-storage: the destination holds the source as of {:.1}s into this pass; what the \
+             source stored since is not copied yet. To cut over: stop berth on the source (every \
+             replica), run this same command again (it copies only what changed, so the stop is \
+             short), then start berth with the configuration given to --to.",
+            snapshot_at.as_secs_f64()
+        );
+    } else if ok {
+        println!(
+            "migrate-storage: nothing served the source's data directory during this pass: start \
+             berth with the configuration given to --to (for a source shared by replicas on other \
+             hosts, make sure every one was stopped before this pass)."
+        );
+    }
     Ok(ok)
+}
+
+fn report_failures(failures: &[String]) -> bool {
+    for f in failures {
+        eprintln!("migrate-storage: {f}");
+    }
+    eprintln!(
+        "migrate-storage: {} blob(s) could not be copied; no metadata was written. Fix the source \
+         (`berth scrub --repair` on it) and run this again: what was copied is kept.",
+        failures.len()
+    );
+    false
+}
+
+/// Every blob `meta` records now, by digest.
+async fn all_blobs(meta: &dyn MetaStore) -> anyhow::Result<Vec<(Digest, u64)>> {
+    let mut blobs: Vec<(Digest, u64)> = Vec::new();
+    loop {
+        let page = meta.blobs_page(blobs.last().map(|(d, _)| d), 1000).await?;
+        if page.is_empty() {
+            return Ok(blobs);
+        }
+        blobs.extend(page);
+    }
+}
+
+/// Every blob the snapshot's `blobs` table records.
+async fn snapshot_blobs(snap: &mut dyn RowSnapshot) -> anyhow::Result<Vec<(Digest, u64)>> {
+    let table = blobs_table();
+    let mut out = Vec::new();
+    loop {
+        let rows = snap
+            .rows(table, out.len() as u64, 5000)
+            .await
+            .context("--from: reading blobs from the snapshot")?;
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        for row in rows {
+            match (&row[0], &row[1]) {
+                (Cell::Text(d), Cell::Int(size)) => out.push((
+                    d.parse::<Digest>()
+                        .map_err(|e| anyhow::anyhow!("--from: stored digest {d:?}: {e}"))?,
+                    *size as u64,
+                )),
+                other => bail!("--from: a blobs row reads {other:?}"),
+            }
+        }
+    }
+}
+
+fn blobs_table() -> &'static Table {
+    COPIED_TABLES
+        .iter()
+        .find(|t| t.name == "blobs")
+        .expect("blobs is a copied table")
+}
+
+/// A fingerprint of each row of every copied table, by table and key: enough to tell
+/// what a replacement adds, changes and removes without holding the rows.
+async fn row_fingerprints(
+    meta: &dyn MetaStore,
+) -> anyhow::Result<HashMap<&'static str, HashMap<Vec<Cell>, u64>>> {
+    let mut snap = meta.snapshot().await?;
+    let mut out = HashMap::new();
+    for table in COPIED_TABLES {
+        let mut rows = HashMap::new();
+        loop {
+            let page = snap.rows(table, rows.len() as u64, row_page(table)).await?;
+            if page.is_empty() {
+                break;
+            }
+            for row in page {
+                let h = fingerprint(&row);
+                rows.insert(row[..table.key_len()].to_vec(), h);
+            }
+        }
+        out.insert(table.name, rows);
+    }
+    Ok(out)
+}
+
+fn fingerprint(row: &[Cell]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
+}
+
+/// Copies `list` a few blobs at a time. A blob that cannot be read is one the source
+/// collected meanwhile if its row is gone too (rows go first, then bytes): skipped.
+async fn copy_blobs(
+    (src, src_meta, dst): (&dyn BlobStore, &dyn MetaStore, &dyn BlobStore),
+    list: Vec<(Digest, u64)>,
+    jobs: usize,
+    counts: &Counts,
+    progress: &Progress,
+) -> Copied {
+    progress.start_blobs(list.len() as u64, list.iter().map(|(_, s)| s).sum());
+    let results: Vec<(Digest, u64, anyhow::Result<()>)> = futures_util::stream::iter(list)
+        .map(|(digest, size)| async move {
+            let r = copy_blob(src, dst, &digest, size, counts).await;
+            progress.blob_done(size);
+            (digest, size, r)
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    progress.finish_blobs();
+    let mut out = Copied::default();
+    for (digest, size, r) in results {
+        match r {
+            Ok(()) => out.at_destination.push(digest),
+            Err(e) => match src_meta.blob_size(&digest).await {
+                Ok(None) => {
+                    counts.vanished.fetch_add(1, Ordering::Relaxed);
+                    out.vanished.push(digest);
+                }
+                _ => out.failures.push(format!("blob {digest} ({size} bytes): {e:#}")),
+            },
+        }
+    }
+    out
 }
 
 /// Copies one blob unless the destination has it with the right size, hashing the bytes
@@ -329,39 +630,43 @@ async fn copy_blob(
 }
 
 /// Every blob the destination's metadata records is present with its size (and, with
-/// `rehash`, hashes to its digest); every table holds at least the source's rows.
+/// `rehash`, hashes to its digest); every table holds the rows the snapshot had. Without
+/// `rehash`, blobs an earlier pass recorded (`checked_before`, verified by it) are not
+/// asked about again.
 async fn verify(
-    src_meta: &dyn MetaStore,
+    written: &[(&Table, u64)],
+    checked_before: &HashMap<Digest, u64>,
     dst_meta: &dyn MetaStore,
     dst_blobs: &dyn BlobStore,
     rehash: bool,
     progress: &Progress,
 ) -> anyhow::Result<bool> {
     let mut problems = Vec::new();
-    for table in COPIED_TABLES {
-        let (s, d) = (
-            src_meta.count_rows(table).await?,
-            dst_meta.count_rows(table).await?,
-        );
-        if d < s {
+    for (table, s) in written {
+        let d = dst_meta.count_rows(table).await?;
+        if d != *s {
             problems.push(format!(
-                "{}: {d} rows at the destination, {s} at the source",
+                "{}: {d} rows at the destination, {s} in the source's snapshot",
                 table.name
             ));
         }
     }
     let mut after: Option<Digest> = None;
-    let (mut checked, mut checked_bytes) = (0u64, 0u64);
+    let (mut checked, mut checked_bytes, mut earlier) = (0u64, 0u64, 0u64);
     progress.line(if rehash {
         "verifying: re-hashing every blob at the destination"
     } else {
-        "verifying: every blob at the destination, by size"
+        "verifying: the blobs this pass recorded at the destination, by size"
     });
     loop {
         let page = dst_meta.blobs_page(after.as_ref(), 1000).await?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (digest, size) in page {
+            if !rehash && checked_before.get(&digest) == Some(&size) {
+                earlier += 1;
+                continue;
+            }
             match dst_blobs.stat(&digest).await? {
                 Some(n) if n == size => {}
                 Some(n) => problems.push(format!(
@@ -385,9 +690,13 @@ async fn verify(
         }
     }
     println!(
-        "migrate-storage: verified {checked} blobs ({}) {} at the destination, {} problem(s)",
+        "migrate-storage: verified {checked} blobs ({}) {} at the destination{}, {} problem(s)",
         bytes(checked_bytes),
         if rehash { "by re-hashing" } else { "by size" },
+        match earlier {
+            0 => String::new(),
+            n => format!(" ({n} more verified by an earlier pass)"),
+        },
         problems.len()
     );
     for p in &problems {
@@ -469,8 +778,14 @@ impl Progress {
 
     fn start_blobs(&self, blobs: u64, bytes_total: u64) {
         *self.total.lock().unwrap() = (blobs, bytes_total);
+        self.done_blobs.store(0, Ordering::Relaxed);
+        self.done_bytes.store(0, Ordering::Relaxed);
+        if blobs == 0 {
+            return;
+        }
         self.line(&format!("copying {blobs} blobs ({})", bytes(bytes_total)));
         if let Mode::Bar(bar) = &self.mode {
+            bar.reset();
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.set_length(bytes_total);
             bar.set_style(
@@ -514,14 +829,14 @@ impl Progress {
         }
     }
 
-    fn rows(&self, table: &str, done: u64, total: u64) {
+    fn rows(&self, table: &str, done: u64) {
         if let Mode::Lines = self.mode {
             let mut last = self.last_line.lock().unwrap();
             if last.elapsed() < Duration::from_secs(5) {
                 return;
             }
             *last = Instant::now();
-            eprintln!("migrate-storage: {table}: {done}/{total} rows");
+            eprintln!("migrate-storage: {table}: {done} rows written");
         }
     }
 }

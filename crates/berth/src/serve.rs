@@ -101,7 +101,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let data = &config.storage.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
     // Held shared while serving (replicas may share a directory), so `berth
-    // migrate-storage`, which takes it exclusively, refuses to copy a live installation.
+    // migrate-storage` knows a live source (its pass is not final) and refuses a served
+    // destination; it holds a destination, or a stopped source, exclusively.
     let _data_lock = crate::migrate_cli::lock_data_dir(data, false)?.with_context(|| {
         format!(
             "{}: `berth migrate-storage` is working on this data directory",

@@ -1,7 +1,9 @@
 //! The [`MetaStore`] contract: every implementation must pass each function here.
 
 use berth_oci::{Digest, ManifestRef, RefKind, RepoName, Tag, UploadId};
-use berth_store::{COPIED_TABLES, Cell, ManifestRow, MetaStore, NewManifest, PutManifest, Removal, Table};
+use berth_store::{
+    COPIED_TABLES, Cell, ManifestRow, MetaStore, NewManifest, PutManifest, Removal, RowSnapshot, Table,
+};
 use futures_util::future::join_all;
 
 pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -1417,14 +1419,14 @@ pub async fn fill_for_copy(store: &dyn MetaStore) {
         .expect("create_upload");
 }
 
-/// Every row of `table` in `store`, read two at a time (so paging is exercised).
-pub async fn all_rows(store: &dyn MetaStore, table: &Table) -> Vec<Vec<Cell>> {
+/// Every row of `table` in `snap`, read two at a time (so paging is exercised).
+pub async fn snapshot_rows(snap: &mut dyn RowSnapshot, table: &Table) -> Vec<Vec<Cell>> {
     let mut rows = Vec::new();
     for _ in 0..10_000 {
-        let page = store
-            .export_rows(table, rows.len() as u64, 2)
+        let page = snap
+            .rows(table, rows.len() as u64, 2)
             .await
-            .unwrap_or_else(|e| panic!("export_rows({}): {e}", table.name));
+            .unwrap_or_else(|e| panic!("snapshot rows({}): {e}", table.name));
         if page.is_empty() {
             return rows;
         }
@@ -1433,23 +1435,36 @@ pub async fn all_rows(store: &dyn MetaStore, table: &Table) -> Vec<Vec<Cell>> {
     panic!("export of {} never ended", table.name);
 }
 
-/// Copies every table of `from` into `to` page by page; returns rows added.
+/// Every row of `table` in `store` now.
+pub async fn all_rows(store: &dyn MetaStore, table: &Table) -> Vec<Vec<Cell>> {
+    let mut snap = store.snapshot().await.expect("snapshot");
+    snapshot_rows(&mut *snap, table).await
+}
+
+/// Replaces every table of `to` with a snapshot of `from`, a few rows at a time; returns
+/// the rows written.
 pub async fn copy_rows(from: &dyn MetaStore, to: &dyn MetaStore) -> u64 {
-    let mut added = 0;
+    let mut snap = from.snapshot().await.expect("snapshot");
+    let mut replace = to.replace_rows().await.expect("replace_rows");
+    let mut written = 0;
     for table in COPIED_TABLES {
-        let rows = all_rows(from, table).await;
+        let rows = snapshot_rows(&mut *snap, table).await;
         for chunk in rows.chunks(3) {
-            added += to
-                .import_rows(table, chunk)
+            replace
+                .insert(table, chunk)
                 .await
-                .unwrap_or_else(|e| panic!("import_rows({}): {e}", table.name));
+                .unwrap_or_else(|e| panic!("insert({}): {e}", table.name));
         }
+        written += rows.len() as u64;
     }
-    added
+    replace.commit().await.expect("commit the replacement");
+    written
 }
 
 /// A copy carries every row as stored (bytes, times, tag creation order), answers the
-/// queries a registry makes as the source does, and a second copy adds nothing.
+/// queries a registry makes as the source does; a snapshot does not see writes made after
+/// it; a second copy reflects the source's deletions and moved tags, and a replacement
+/// dropped before its commit changes nothing.
 pub async fn row_copy_into_a_fresh_store(from: &dyn MetaStore, to: &dyn MetaStore) {
     fill_for_copy(from).await;
     let mut total = 0;
@@ -1471,10 +1486,42 @@ pub async fn row_copy_into_a_fresh_store(from: &dyn MetaStore, to: &dyn MetaStor
             from.count_rows(table).await.unwrap()
         );
     }
-    assert_eq!(copy_rows(from, to).await, 0, "a second copy added rows");
-    // What a registry reads, read back from the copy.
+    assert_eq!(copy_rows(from, to).await, total, "a second copy wrote other rows");
+    for table in COPIED_TABLES {
+        assert_eq!(all_rows(to, table).await, all_rows(from, table).await);
+    }
+
+    // A snapshot keeps what it saw while the store takes writes.
     let app = repo("copy/app");
-    for t in ["zeta", "alpha", "multi"] {
+    let mut snap = from.snapshot().await.expect("snapshot");
+    let seen_tags = snapshot_rows(&mut *snap, &COPIED_TABLES[5]).await;
+    let late = commit(from, &app, "copy-late", 4).await;
+    assert!(from.delete_tag(&app, &tag("alpha")).await.unwrap());
+    assert_eq!(snapshot_rows(&mut *snap, &COPIED_TABLES[5]).await, seen_tags);
+    let blobs_seen = snapshot_rows(&mut *snap, &COPIED_TABLES[1]).await;
+    assert!(
+        !blobs_seen.iter().any(|r| r[0] == Cell::Text(late.to_string())),
+        "the snapshot sees a blob committed after it"
+    );
+    drop(snap);
+
+    // A replacement that is dropped, not committed, leaves the destination as it was.
+    {
+        let mut r = to.replace_rows().await.expect("replace_rows");
+        r.insert(&COPIED_TABLES[0], &[]).await.unwrap();
+    }
+    assert_eq!(all_rows(to, &COPIED_TABLES[5]).await, seen_tags);
+
+    // The second pass: the deleted tag is gone, the new blob is there.
+    copy_rows(from, to).await;
+    assert_eq!(tags(to, &app).await, tags(from, &app).await);
+    assert!(!tags(to, &app).await.contains(&"alpha".to_string()));
+    assert_eq!(to.blob_size(&late).await.unwrap(), Some(4));
+    for table in COPIED_TABLES {
+        assert_eq!(all_rows(to, table).await, all_rows(from, table).await);
+    }
+    // What a registry reads, read back from the copy.
+    for t in ["zeta", "multi"] {
         let (a, b) = (
             by_tag(from, &app, t).await.unwrap(),
             by_tag(to, &app, t).await.unwrap(),
@@ -1494,7 +1541,7 @@ pub async fn row_copy_into_a_fresh_store(from: &dyn MetaStore, to: &dyn MetaStor
         from.repositories_by_kind().await.unwrap()
     );
     assert_eq!(to.cached_tags().await.unwrap(), from.cached_tags().await.unwrap());
-    assert_eq!(to.storage_stats().await.unwrap().hosted_blobs, 2);
+    assert_eq!(to.storage_stats().await.unwrap().hosted_blobs, 3);
     assert_eq!(
         to.blobs_page(None, 100).await.unwrap(),
         from.blobs_page(None, 100).await.unwrap()
