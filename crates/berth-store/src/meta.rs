@@ -13,6 +13,9 @@ pub struct UploadRow {
     pub size: u64,
     pub started_at: i64,
     pub last_activity: i64,
+    /// The hash state saved after exactly `size` bytes ([`UploadMeta::save_upload_state`]);
+    /// `None` when none was saved for the current size.
+    pub hash_state: Option<Vec<u8>>,
 }
 
 /// A manifest to record, with everything it references.
@@ -133,7 +136,12 @@ pub trait ManifestMeta: Send + Sync {
 pub trait UploadMeta: Send + Sync {
     async fn create_upload(&self, id: &UploadId, repo: &RepoName, now: i64) -> Result<()>;
     async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>>;
+    /// Records the size and the activity; a hash state saved for another size stops
+    /// being returned.
     async fn set_upload_size(&self, id: &UploadId, size: u64, now: i64) -> Result<()>;
+    /// [`UploadMeta::set_upload_size`], and the hash state after exactly `size` bytes, so
+    /// the next chunk can resume hashing in another process.
+    async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()>;
     async fn delete_upload(&self, id: &UploadId) -> Result<bool>;
     /// Uploads with no activity since `before`.
     async fn uploads_idle_since(&self, before: i64) -> Result<Vec<UploadId>>;
@@ -291,6 +299,17 @@ pub trait Coordination: Send + Sync {
     /// Waits for, then takes, the lock of the upstream fill of `digest`, so one fill per
     /// digest runs at a time across replicas. Dropping the future while waiting gives up.
     async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard>;
+    /// Waits for, then takes, the cross-process bytes locks of `stripes` (the registry's
+    /// per-digest stripes), all held by one guard, so a blob's bytes are never deleted by
+    /// one replica while another moves them into place. Taken in ascending order, whatever
+    /// order they are given in, so two holders of overlapping sets cannot deadlock. A no-op
+    /// where the store belongs to one process (SQLite): the registry's in-process stripes
+    /// already cover it.
+    async fn lock_bytes(&self, stripes: &[u32]) -> Result<LockGuard>;
+    /// Takes the lock of the request writing to upload `id` if nobody holds it; `None` when
+    /// a request in another process holds it. A no-op (always taken) where the store
+    /// belongs to one process: the registry refuses a second writer in-process already.
+    async fn try_lock_upload(&self, id: &UploadId) -> Result<Option<LockGuard>>;
 }
 
 /// One repository as a listing shows it.
@@ -517,4 +536,9 @@ pub trait MetaStore:
 {
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;
+    /// Whether other processes (replicas) may share this store, so that what one request
+    /// leaves for the next (an upload's hash state) must be saved in it, not in memory.
+    fn shared(&self) -> bool {
+        false
+    }
 }

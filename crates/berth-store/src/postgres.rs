@@ -183,10 +183,10 @@ impl PgMeta {
         }
     }
 
-    fn held(&self, conn: PgConnection, key: i64) -> LockGuard {
+    fn held(&self, conn: PgConnection, keys: Vec<i64>) -> LockGuard {
         LockGuard::new(PgLockHeld {
             conn: Some(conn),
-            key,
+            keys,
             idle: Arc::downgrade(&self.idle_locks),
         })
     }
@@ -661,7 +661,10 @@ impl UploadMeta for PgMeta {
     }
 
     async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>> {
-        let row = sqlx::query("SELECT repo, size, started_at, last_activity FROM uploads WHERE id = $1")
+        let row = sqlx::query(
+            "SELECT repo, size, started_at, last_activity, CASE WHEN hash_size = size THEN hash_state END
+             FROM uploads WHERE id = $1",
+        )
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -675,6 +678,7 @@ impl UploadMeta for PgMeta {
                 size: r.get::<i64, _>(1) as u64,
                 started_at: r.get(2),
                 last_activity: r.get(3),
+                hash_state: r.get(4),
             })
         })
         .transpose()
@@ -683,6 +687,17 @@ impl UploadMeta for PgMeta {
     async fn set_upload_size(&self, id: &UploadId, size: u64, now: i64) -> Result<()> {
         sqlx::query("UPDATE uploads SET size = $1, last_activity = $2 WHERE id = $3")
             .bind(size as i64)
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()> {
+        sqlx::query("UPDATE uploads SET size = $1, hash_size = $1, hash_state = $2, last_activity = $3 WHERE id = $4")
+            .bind(size as i64)
+            .bind(hash_state)
             .bind(now)
             .bind(id.as_str())
             .execute(&self.pool)
@@ -1091,12 +1106,12 @@ impl IntegrityMeta for PgMeta {
     }
 }
 
-/// An advisory lock held on a connection of its own. Dropping it unlocks and closes the
-/// connection on the runtime; closing alone would release the lock too (a session's
-/// advisory locks end with it), which is also what happens when a replica dies.
+/// Advisory locks held on a connection of their own. Dropping it unlocks them and puts the
+/// connection back (or closes it) on the runtime; closing alone would release the locks too
+/// (a session's advisory locks end with it), which is also what happens when a replica dies.
 struct PgLockHeld {
     conn: Option<PgConnection>,
-    key: i64,
+    keys: Vec<i64>,
     idle: Weak<StdMutex<Vec<PgConnection>>>,
 }
 
@@ -1105,15 +1120,17 @@ impl Drop for PgLockHeld {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let (key, idle) = (self.key, self.idle.clone());
+        let (keys, idle) = (std::mem::take(&mut self.keys), self.idle.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let unlocked: std::result::Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-                    .bind(key)
-                    .fetch_one(&mut conn)
-                    .await;
+                // Every key in one statement; true only if each was held and is released.
+                let unlocked: std::result::Result<Option<bool>, _> =
+                    sqlx::query_scalar("SELECT bool_and(pg_advisory_unlock(k)) FROM unnest($1::bigint[]) AS k")
+                        .bind(&keys)
+                        .fetch_one(&mut conn)
+                        .await;
                 match (unlocked, idle.upgrade()) {
-                    (Ok(true), Some(idle)) => {
+                    (Ok(Some(true)), Some(idle)) => {
                         let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
                         if idle.len() < IDLE_LOCK_CONNECTIONS {
                             idle.push(conn);
@@ -1129,7 +1146,7 @@ impl Drop for PgLockHeld {
             });
         }
         // Without a runtime the connection is dropped here: its session ends and with it
-        // the lock.
+        // the locks.
     }
 }
 
@@ -1146,7 +1163,7 @@ impl Coordination for PgMeta {
             self.keep_idle(conn);
             return Ok(None);
         }
-        Ok(Some(self.held(conn, key)))
+        Ok(Some(self.held(conn, vec![key])))
     }
 
     async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard> {
@@ -1158,7 +1175,41 @@ impl Coordination for PgMeta {
             .bind(key)
             .execute(&mut conn)
             .await?;
-        Ok(self.held(conn, key))
+        Ok(self.held(conn, vec![key]))
+    }
+
+    async fn lock_bytes(&self, stripes: &[u32]) -> Result<LockGuard> {
+        let mut stripes = stripes.to_vec();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // One connection for the whole set (a batch of a collection may need every stripe),
+        // one statement per stripe so they are taken strictly in order. If this future is
+        // dropped while waiting, the connection goes with it and so do the locks taken so far.
+        let mut conn = self.lock_connection().await?;
+        let mut keys = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            let key = lock_key("bytes", &stripe.to_string());
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(key)
+                .execute(&mut conn)
+                .await?;
+            keys.push(key);
+        }
+        Ok(self.held(conn, keys))
+    }
+
+    async fn try_lock_upload(&self, id: &UploadId) -> Result<Option<LockGuard>> {
+        let key = lock_key("upload", id.as_str());
+        let mut conn = self.lock_connection().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            self.keep_idle(conn);
+            return Ok(None);
+        }
+        Ok(Some(self.held(conn, vec![key])))
     }
 }
 
@@ -1273,6 +1324,10 @@ impl MetaStore for PgMeta {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 
