@@ -23,7 +23,18 @@ const RECOVERY_ROW_GRACE_SECS: i64 = 120;
 struct BusyGuard<'a> {
     registry: &'a Registry,
     id: UploadId,
-    _across: Option<berth_store::LockGuard>,
+    across: Option<berth_store::LockGuard>,
+}
+
+impl BusyGuard<'_> {
+    /// Ends the claim before the response goes out: the client's next request for this
+    /// upload (its next chunk, perhaps at another replica) must find it free, and dropping
+    /// a PostgreSQL lock releases it only moments later.
+    async fn release(mut self) {
+        if let Some(across) = self.across.take() {
+            across.release().await;
+        }
+    }
 }
 
 impl Drop for BusyGuard<'_> {
@@ -85,11 +96,11 @@ impl Registry {
         let mut guard = BusyGuard {
             registry: self,
             id: id.clone(),
-            _across: None,
+            across: None,
         };
         if across {
             // Dropping `guard` on a refusal or an error clears the mark taken above.
-            guard._across = Some(self.meta.try_lock_upload(id).await?.ok_or_else(refused)?);
+            guard.across = Some(self.meta.try_lock_upload(id).await?.ok_or_else(refused)?);
         }
         Ok(guard)
     }
@@ -207,7 +218,23 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let _busy = self.claim(id, true).await?;
+        let busy = self.claim(id, true).await?;
+        let result = self.append_chunk(repo, id, range, body).await;
+        busy.release().await;
+        result
+    }
+
+    async fn append_chunk<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        range: Option<(u64, u64)>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let row = self.upload_row(repo, id).await?;
         if let Some((start, end)) = range {
             if start != row.size {
@@ -266,17 +293,13 @@ impl Registry {
         E: std::fmt::Display,
     {
         let busy = self.claim(id, true).await?;
-        self.finish_claimed(repo, id, digest, body, busy).await
+        let result = self.finish_claimed(repo, id, digest, body).await;
+        busy.release().await;
+        result
     }
 
-    async fn finish_claimed<S, E>(
-        &self,
-        repo: &RepoName,
-        id: &UploadId,
-        digest: &Digest,
-        body: S,
-        _busy: BusyGuard<'_>,
-    ) -> Result<u64>
+    /// [`Registry::finish_upload`] of an upload the caller has claimed.
+    async fn finish_claimed<S, E>(&self, repo: &RepoName, id: &UploadId, digest: &Digest, body: S) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -318,8 +341,9 @@ impl Registry {
         E: std::fmt::Display,
     {
         let id = self.start_upload(repo).await?;
+        // Nobody else knows the new id yet: the in-process mark is enough.
         let result = match self.claim(&id, false).await {
-            Ok(busy) => self.finish_claimed(repo, &id, digest, body, busy).await,
+            Ok(_busy) => self.finish_claimed(repo, &id, digest, body).await,
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -331,9 +355,13 @@ impl Registry {
 
     /// Cancels an upload (DELETE).
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        let _busy = self.claim(id, true).await?;
-        self.upload_row(repo, id).await?;
-        self.cancel_upload_row(id).await
+        let busy = self.claim(id, true).await?;
+        let result = match self.upload_row(repo, id).await {
+            Ok(_) => self.cancel_upload_row(id).await,
+            Err(e) => Err(e),
+        };
+        busy.release().await;
+        result
     }
 
     /// Forgets an upload: its row first, then its area (an area without a row is what

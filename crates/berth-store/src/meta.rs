@@ -269,14 +269,43 @@ pub struct StorageStats {
 
 /// Proof that a coordination lock is held; dropping it releases the lock (on PostgreSQL
 /// within moments: the release runs on the runtime, or the lock's session closes).
+/// [`LockGuard::release`] releases it before returning, for a lock whose next taker may be
+/// the very client this request is answering (an upload's next chunk).
 pub struct LockGuard {
-    _held: Box<dyn Send + Sync>,
+    held: Held,
+}
+
+enum Held {
+    Plain(#[allow(dead_code)] Box<dyn Send + Sync>),
+    Releasable(Box<dyn Release>),
+}
+
+/// A lock whose release can be awaited (PostgreSQL's, released over its connection).
+#[async_trait]
+pub trait Release: Send + Sync {
+    async fn release(self: Box<Self>);
 }
 
 impl LockGuard {
+    /// A lock released when `held` is dropped.
     pub fn new(held: impl Send + Sync + 'static) -> LockGuard {
         LockGuard {
-            _held: Box::new(held),
+            held: Held::Plain(Box::new(held)),
+        }
+    }
+
+    /// A lock whose release [`LockGuard::release`] can wait for.
+    pub fn releasing(held: impl Release + 'static) -> LockGuard {
+        LockGuard {
+            held: Held::Releasable(Box::new(held)),
+        }
+    }
+
+    /// Releases the lock and returns once it is released.
+    pub async fn release(self) {
+        match self.held {
+            Held::Plain(held) => drop(held),
+            Held::Releasable(held) => held.release().await,
         }
     }
 }

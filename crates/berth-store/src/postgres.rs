@@ -184,7 +184,7 @@ impl PgMeta {
     }
 
     fn held(&self, conn: PgConnection, keys: Vec<i64>) -> LockGuard {
-        LockGuard::new(PgLockHeld {
+        LockGuard::releasing(PgLockHeld {
             conn: Some(conn),
             keys,
             idle: Arc::downgrade(&self.idle_locks),
@@ -1115,35 +1115,48 @@ struct PgLockHeld {
     idle: Weak<StdMutex<Vec<PgConnection>>>,
 }
 
+/// Unlocks `keys` on `conn`, then keeps the connection for the next lock or closes it.
+async fn unlock(mut conn: PgConnection, keys: Vec<i64>, idle: Weak<StdMutex<Vec<PgConnection>>>) {
+    // Every key in one statement; true only if each was held and is released.
+    let unlocked: std::result::Result<Option<bool>, _> =
+        sqlx::query_scalar("SELECT bool_and(pg_advisory_unlock(k)) FROM unnest($1::bigint[]) AS k")
+            .bind(&keys)
+            .fetch_one(&mut conn)
+            .await;
+    match (unlocked, idle.upgrade()) {
+        (Ok(Some(true)), Some(idle)) => {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_LOCK_CONNECTIONS {
+                idle.push(conn);
+                return;
+            }
+        }
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "releasing an advisory lock failed; closing its session releases it")
+        }
+        _ => {}
+    }
+    let _ = conn.close().await;
+}
+
+#[async_trait]
+impl Release for PgLockHeld {
+    async fn release(mut self: Box<Self>) {
+        if let Some(conn) = self.conn.take() {
+            let keys = std::mem::take(&mut self.keys);
+            unlock(conn, keys, self.idle.clone()).await;
+        }
+    }
+}
+
 impl Drop for PgLockHeld {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
         let (keys, idle) = (std::mem::take(&mut self.keys), self.idle.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                // Every key in one statement; true only if each was held and is released.
-                let unlocked: std::result::Result<Option<bool>, _> =
-                    sqlx::query_scalar("SELECT bool_and(pg_advisory_unlock(k)) FROM unnest($1::bigint[]) AS k")
-                        .bind(&keys)
-                        .fetch_one(&mut conn)
-                        .await;
-                match (unlocked, idle.upgrade()) {
-                    (Ok(Some(true)), Some(idle)) => {
-                        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-                        if idle.len() < IDLE_LOCK_CONNECTIONS {
-                            idle.push(conn);
-                            return;
-                        }
-                    }
-                    (Err(e), _) => {
-                        tracing::warn!(error = %e, "releasing an advisory lock failed; closing its session releases it")
-                    }
-                    _ => {}
-                }
-                let _ = conn.close().await;
-            });
+            rt.spawn(unlock(conn, keys, idle));
         }
         // Without a runtime the connection is dropped here: its session ends and with it
         // the locks.

@@ -383,9 +383,11 @@ fn a_second_writer_on_another_replica_is_refused() {
             &format!("{}{session}", rs.base(i)),
             &[
                 ("content-type", "application/octet-stream"),
-                ("content-range", &format!("{}-{}", 1 << 20, (2 << 20) - 1)),
+                ("content-range", &format!("{}-{}", 1 << 20, (1 << 20) + 999)),
             ],
-            Some(&data[1 << 20..2 << 20]),
+            // Small: refused before its body is read, a large body would meet a closed
+            // connection instead of the answer.
+            Some(&data[1 << 20..(1 << 20) + 1000]),
         );
         assert_eq!((r.status, r.code()), (400, on_the_same.code()), "replica {}: {}", i + 1, r.text());
         assert!(r.text().contains("another request is writing"), "{}", r.text());
