@@ -212,8 +212,12 @@ impl DigestHasher {
             return None;
         }
         let kind = match (algorithm, tag) {
-            (Algorithm::Sha256, b'2') => Kind::Sha256(sha2::Sha256::deserialize(state.try_into().ok()?).ok()?),
-            (Algorithm::Sha512, b'5') => Kind::Sha512(sha2::Sha512::deserialize(state.try_into().ok()?).ok()?),
+            (Algorithm::Sha256, b'2') => {
+                Kind::Sha256(sha2::Sha256::deserialize(state.try_into().ok()?).ok()?)
+            }
+            (Algorithm::Sha512, b'5') => {
+                Kind::Sha512(sha2::Sha512::deserialize(state.try_into().ok()?).ok()?)
+            }
             _ => return None,
         };
         Some(DigestHasher { algorithm, kind })
@@ -268,7 +272,9 @@ mod tests {
     /// ring's digest.
     #[test]
     fn saved_state_resumes_to_the_same_digest() {
-        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for alg in [Algorithm::Sha256, Algorithm::Sha512] {
             let mut one_pass = DigestHasher::new(alg);
             one_pass.update(&data);

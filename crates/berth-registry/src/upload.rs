@@ -299,7 +299,13 @@ impl Registry {
     }
 
     /// [`Registry::finish_upload`] of an upload the caller has claimed.
-    async fn finish_claimed<S, E>(&self, repo: &RepoName, id: &UploadId, digest: &Digest, body: S) -> Result<u64>
+    async fn finish_claimed<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,

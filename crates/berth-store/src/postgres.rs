@@ -665,9 +665,9 @@ impl UploadMeta for PgMeta {
             "SELECT repo, size, started_at, last_activity, CASE WHEN hash_size = size THEN hash_state END
              FROM uploads WHERE id = $1",
         )
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             let repo: String = r.get(0);
             Ok(UploadRow {
@@ -695,13 +695,15 @@ impl UploadMeta for PgMeta {
     }
 
     async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()> {
-        sqlx::query("UPDATE uploads SET size = $1, hash_size = $1, hash_state = $2, last_activity = $3 WHERE id = $4")
-            .bind(size as i64)
-            .bind(hash_state)
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE uploads SET size = $1, hash_size = $1, hash_state = $2, last_activity = $3 WHERE id = $4",
+        )
+        .bind(size as i64)
+        .bind(hash_state)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

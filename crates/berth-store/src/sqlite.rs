@@ -509,9 +509,9 @@ impl UploadMeta for SqliteMeta {
             "SELECT repo, size, started_at, last_activity, CASE WHEN hash_size = size THEN hash_state END
              FROM uploads WHERE id = ?",
         )
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             let repo: String = r.get(0);
             Ok(UploadRow {
@@ -539,14 +539,16 @@ impl UploadMeta for SqliteMeta {
     }
 
     async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()> {
-        sqlx::query("UPDATE uploads SET size = ?, hash_size = ?, hash_state = ?, last_activity = ? WHERE id = ?")
-            .bind(size as i64)
-            .bind(size as i64)
-            .bind(hash_state)
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "UPDATE uploads SET size = ?, hash_size = ?, hash_state = ?, last_activity = ? WHERE id = ?",
+        )
+        .bind(size as i64)
+        .bind(size as i64)
+        .bind(hash_state)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 

@@ -328,7 +328,10 @@ fn read_status(conn: &mut std::net::TcpStream) -> u16 {
         }
     }
     let head = String::from_utf8_lossy(&head);
-    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("response head {head:?}"))
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("response head {head:?}"))
 }
 
 /// Issue 9: one upload written by two requests at once on two replicas is refused as it
@@ -366,18 +369,31 @@ fn a_second_writer_on_another_replica_is_refused() {
         if r.status != 416 {
             break r;
         }
-        assert!(Instant::now() < deadline, "the slow PATCH never claimed the session");
+        assert!(
+            Instant::now() < deadline,
+            "the slow PATCH never claimed the session"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     // What one replica answers a second writer...
     assert_eq!(on_the_same.status, 400, "{}", on_the_same.text());
     assert_eq!(on_the_same.code(), "BLOB_UPLOAD_INVALID");
-    assert!(on_the_same.text().contains("another request is writing"), "{}", on_the_same.text());
+    assert!(
+        on_the_same.text().contains("another request is writing"),
+        "{}",
+        on_the_same.text()
+    );
     // ...every other replica answers too, for a write at the right offset and for the PUT
     // that would close the upload.
     for i in [1, 2] {
         let r = probe(&rs.base(i));
-        assert_eq!((r.status, r.code()), (400, on_the_same.code()), "replica {}: {}", i + 1, r.text());
+        assert_eq!(
+            (r.status, r.code()),
+            (400, on_the_same.code()),
+            "replica {}: {}",
+            i + 1,
+            r.text()
+        );
         let r = req(
             "PATCH",
             &format!("{}{session}", rs.base(i)),
@@ -389,15 +405,31 @@ fn a_second_writer_on_another_replica_is_refused() {
             // connection instead of the answer.
             Some(&data[1 << 20..(1 << 20) + 1000]),
         );
-        assert_eq!((r.status, r.code()), (400, on_the_same.code()), "replica {}: {}", i + 1, r.text());
+        assert_eq!(
+            (r.status, r.code()),
+            (400, on_the_same.code()),
+            "replica {}: {}",
+            i + 1,
+            r.text()
+        );
         assert!(r.text().contains("another request is writing"), "{}", r.text());
         let r = req(
             "PUT",
-            &format!("{}{}", rs.base(i), with_query(&session, &format!("digest={digest}"))),
+            &format!(
+                "{}{}",
+                rs.base(i),
+                with_query(&session, &format!("digest={digest}"))
+            ),
             &[("content-type", "application/octet-stream")],
             Some(&[]),
         );
-        assert_eq!((r.status, r.code()), (400, on_the_same.code()), "replica {}: {}", i + 1, r.text());
+        assert_eq!(
+            (r.status, r.code()),
+            (400, on_the_same.code()),
+            "replica {}: {}",
+            i + 1,
+            r.text()
+        );
     }
     // The slow writer finishes its chunk; the refused ones changed nothing.
     slow.write_all(&rest[256 << 10..]).unwrap();

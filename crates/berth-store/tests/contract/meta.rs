@@ -971,14 +971,28 @@ pub async fn upload_hash_state_is_valid_for_its_size_only(store: &dyn MetaStore)
     // Touching the session at the same size keeps it.
     store.set_upload_size(&u, 4096, 120).await.unwrap();
     let row = store.upload(&u).await.unwrap().unwrap();
-    assert_eq!(row.hash_state.as_deref(), Some(&state[..]), "same size: still valid");
+    assert_eq!(
+        row.hash_state.as_deref(),
+        Some(&state[..]),
+        "same size: still valid"
+    );
     // Bytes appended without a saved state make it stale.
     store.set_upload_size(&u, 5_000_000_000, 130).await.unwrap();
     let row = store.upload(&u).await.unwrap().unwrap();
-    assert_eq!((row.size, row.hash_state), (5_000_000_000, None), "stale after a size change");
-    store.save_upload_state(&u, 5_000_000_001, b"later", 140).await.unwrap();
+    assert_eq!(
+        (row.size, row.hash_state),
+        (5_000_000_000, None),
+        "stale after a size change"
+    );
+    store
+        .save_upload_state(&u, 5_000_000_001, b"later", 140)
+        .await
+        .unwrap();
     let row = store.upload(&u).await.unwrap().unwrap();
-    assert_eq!((row.size, row.hash_state.as_deref()), (5_000_000_001, Some(&b"later"[..])));
+    assert_eq!(
+        (row.size, row.hash_state.as_deref()),
+        (5_000_000_001, Some(&b"later"[..]))
+    );
 }
 
 pub async fn uploads_idle_since_compares_last_activity(store: &dyn MetaStore) {

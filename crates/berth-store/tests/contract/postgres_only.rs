@@ -158,12 +158,21 @@ async fn postgres_upload_lock_is_held_across_replicas() {
         berth_oci::UploadId::parse("7d1c0a5e-two").unwrap(),
     );
     let held = a.try_lock_upload(&one).await.unwrap().expect("a takes it");
-    assert!(b.try_lock_upload(&one).await.unwrap().is_none(), "b is refused while a writes");
-    assert!(b.try_lock_upload(&two).await.unwrap().is_some(), "another upload is free");
+    assert!(
+        b.try_lock_upload(&one).await.unwrap().is_none(),
+        "b is refused while a writes"
+    );
+    assert!(
+        b.try_lock_upload(&two).await.unwrap().is_some(),
+        "another upload is free"
+    );
     drop(held);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while b.try_lock_upload(&one).await.unwrap().is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "b never got the upload after a let go");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never got the upload after a let go"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
