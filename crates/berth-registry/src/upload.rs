@@ -436,14 +436,16 @@ impl Registry {
         let ids = self.meta.uploads_idle_since(cutoff).await?;
         let mut n = 0;
         for id in ids {
-            if self.busy.lock().unwrap().contains(&id) {
-                continue;
-            }
-            // Nor one a request on another replica is writing to right now.
-            let Some(_writing) = self.meta.try_lock_upload(&id).await? else {
-                continue;
+            // Claimed like a request would, so a session being written to (here or on
+            // another replica) is left alone, and no request starts on it meanwhile.
+            let busy = match self.claim(&id, true).await {
+                Ok(busy) => busy,
+                Err(RegistryError::UploadInvalid(_)) => continue,
+                Err(e) => return Err(e),
             };
-            self.cancel_upload_row(&id).await?;
+            let cancelled = self.cancel_upload_row(&id).await;
+            busy.release().await;
+            cancelled?;
             self.metrics.uploads_expired.inc();
             n += 1;
         }

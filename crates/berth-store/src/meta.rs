@@ -336,8 +336,10 @@ pub trait Coordination: Send + Sync {
     /// already cover it.
     async fn lock_bytes(&self, stripes: &[u32]) -> Result<LockGuard>;
     /// Takes the lock of the request writing to upload `id` if nobody holds it; `None` when
-    /// a request in another process holds it. A no-op (always taken) where the store
-    /// belongs to one process: the registry refuses a second writer in-process already.
+    /// a request in another process holds it. Within one process the caller asks once per
+    /// upload at a time (the registry refuses a second writer in-process first), which is
+    /// why it is a no-op (always taken) where the store belongs to one process, and why
+    /// PostgreSQL may hold every upload lock of a process on one session.
     async fn try_lock_upload(&self, id: &UploadId) -> Result<Option<LockGuard>>;
 }
 

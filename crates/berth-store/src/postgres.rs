@@ -41,6 +41,19 @@ pub struct PgMeta {
     /// connection costs a TLS and SCRAM handshake). A connection whose wait was cancelled
     /// is closed instead, so no lock request outlives its caller.
     idle_locks: Arc<StdMutex<Vec<PgConnection>>>,
+    /// The one session holding every upload lock of this process: they are only tried,
+    /// never waited for, so they can share it (the registry never asks twice for one
+    /// upload at once), where a connection per request writing to an upload would use up
+    /// the server's connections under many concurrent pushes.
+    upload_locks: Arc<tokio::sync::Mutex<UploadLocks>>,
+}
+
+/// The upload locks' session, and which one it is (a broken session is replaced; the locks
+/// it held went with it, and must not be unlocked on its successor).
+#[derive(Default)]
+struct UploadLocks {
+    conn: Option<PgConnection>,
+    session: u64,
 }
 
 /// Lock connections kept idle at most.
@@ -149,6 +162,7 @@ impl PgMeta {
             pool,
             opts,
             idle_locks: Arc::default(),
+            upload_locks: Arc::default(),
         })
     }
 
@@ -1215,16 +1229,78 @@ impl Coordination for PgMeta {
 
     async fn try_lock_upload(&self, id: &UploadId) -> Result<Option<LockGuard>> {
         let key = lock_key("upload", id.as_str());
-        let mut conn = self.lock_connection().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await?;
-        if !got {
-            self.keep_idle(conn);
-            return Ok(None);
+        let mut locks = self.upload_locks.lock().await;
+        if locks.conn.is_none() {
+            locks.conn = Some(PgConnection::connect_with(&self.opts).await?);
+            locks.session += 1;
         }
-        Ok(Some(self.held(conn, vec![key])))
+        let conn = locks.conn.as_mut().expect("connected above");
+        let got = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(conn)
+            .await;
+        match got {
+            Ok(true) => Ok(Some(LockGuard::releasing(UploadLockHeld {
+                locks: Some(self.upload_locks.clone()),
+                session: locks.session,
+                key,
+            }))),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                // Replaced at the next call; its locks end with it.
+                locks.conn = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// An upload lock held on the shared upload-locks session.
+struct UploadLockHeld {
+    locks: Option<Arc<tokio::sync::Mutex<UploadLocks>>>,
+    session: u64,
+    key: i64,
+}
+
+impl UploadLockHeld {
+    async fn unlock(locks: Arc<tokio::sync::Mutex<UploadLocks>>, session: u64, key: i64) {
+        let mut locks = locks.lock().await;
+        if locks.session != session {
+            return;
+        }
+        let Some(conn) = locks.conn.as_mut() else {
+            return;
+        };
+        let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .fetch_one(conn)
+            .await;
+        if !matches!(unlocked, Ok(true)) {
+            // Closing the session is the sure way to release it (with the other upload
+            // locks of this process: a writer then loses only its protection).
+            tracing::warn!(?unlocked, "releasing an upload lock failed; closing its session");
+            locks.conn = None;
+        }
+    }
+}
+
+#[async_trait]
+impl Release for UploadLockHeld {
+    async fn release(mut self: Box<Self>) {
+        if let Some(locks) = self.locks.take() {
+            UploadLockHeld::unlock(locks, self.session, self.key).await;
+        }
+    }
+}
+
+impl Drop for UploadLockHeld {
+    fn drop(&mut self) {
+        let Some(locks) = self.locks.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(UploadLockHeld::unlock(locks, self.session, self.key));
+        }
     }
 }
 
