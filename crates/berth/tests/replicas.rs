@@ -274,6 +274,7 @@ fn round_robin_chunks_resume_the_saved_hash_state() {
     let data = bytes(43, CHUNKS * (256 << 10) + 777);
     let digest = sha256(&data);
     let size = data.len().div_ceil(CHUNKS);
+    let started = Instant::now();
     let mut session = start_session(&rs.base(0), repo);
     let mut at = 0;
     for i in 0..CHUNKS {
@@ -284,6 +285,11 @@ fn round_robin_chunks_resume_the_saved_hash_state() {
     assert_eq!(at, data.len());
     // Closed on the replica that took the last chunk: its own state, from memory.
     finish(&rs.base(CHUNKS - 1), &session, &digest, &[]);
+    eprintln!(
+        "{CHUNKS} chunks of {} KiB round-robin over 3 replicas: {:?}",
+        size >> 10,
+        started.elapsed()
+    );
     for i in 0..3 {
         assert_blob(&rs.base(i), repo, &digest, &data);
     }
