@@ -127,14 +127,17 @@ impl Registry {
                     .inc();
                 let (registry, digest) = (registry.clone(), digest.clone());
                 tokio::spawn(async move {
-                    let _bytes = registry.bytes_lock(&digest).lock().await;
-                    let quarantined = registry.blobs.quarantine(&digest).await;
-                    let dropped = registry.meta.drop_blob(&digest).await;
-                    if let Err(e) = quarantined
-                        .map(drop)
-                        .map_err(RegistryError::from)
-                        .and(dropped.map_err(Into::into))
-                    {
+                    let result = async {
+                        let _bytes = registry.lock_bytes([&digest]).await?;
+                        let quarantined = registry.blobs.quarantine(&digest).await;
+                        let dropped = registry.meta.drop_blob(&digest).await;
+                        quarantined
+                            .map(drop)
+                            .map_err(RegistryError::from)
+                            .and(dropped.map_err(Into::into))
+                    }
+                    .await;
+                    if let Err(e) = result {
                         tracing::error!(%digest, error = %e, "could not quarantine a corrupt blob");
                     }
                 });

@@ -70,6 +70,13 @@ impl Default for Limits {
 /// process.
 const LIFECYCLE_JOB: &str = "lifecycle";
 
+/// Bytes locks held (see [`Registry::lock_bytes`]); the cross-replica lock is declared
+/// first so it is released before the in-process stripes.
+pub(crate) struct BytesLock<'a> {
+    _across: berth_store::LockGuard,
+    _here: Vec<tokio::sync::MutexGuard<'a, ()>>,
+}
+
 pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
@@ -77,8 +84,9 @@ pub struct Registry {
     limits: Limits,
     metrics: RegistryMetrics,
     /// Hash state of uploads between requests: (bytes hashed, state, when saved). Lost on
-    /// restart, or missing when the previous chunk went to another replica; then rebuilt
-    /// from the upload area.
+    /// restart, or missing when the previous chunk went to another replica; then taken
+    /// from the upload row (saved there when the metadata store is shared) or rebuilt from
+    /// the upload area.
     hashers: Mutex<HashMap<UploadId, (u64, DigestHasher, i64)>>,
     /// Uploads a request is writing to right now.
     busy: Mutex<HashSet<UploadId>>,
@@ -89,7 +97,8 @@ pub struct Registry {
     /// Turns for upstream fills (`limits.max_concurrent_fills`); `None` when unlimited.
     fill_permits: Option<tokio::sync::Semaphore>,
     /// Held while blob bytes are moved into place and recorded, or checked and deleted:
-    /// striped by digest, so a commit and a collection of one digest never interleave.
+    /// striped by digest, so a commit and a collection of one digest never interleave
+    /// (across replicas too: see [`Registry::lock_bytes`]).
     bytes_locks: Vec<tokio::sync::Mutex<()>>,
     /// One lifecycle run (GC, retention, eviction, scrub) at a time in this process; see
     /// [`Registry::lifecycle_turn`] for the lock across replicas.
@@ -198,8 +207,27 @@ impl Registry {
         u8::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) as usize % self.bytes_locks.len()
     }
 
-    fn bytes_lock(&self, digest: &Digest) -> &tokio::sync::Mutex<()> {
-        &self.bytes_locks[self.bytes_stripe(digest)]
+    /// Takes the bytes locks of `digests`: their in-process stripes first, then the same
+    /// stripes across replicas (`Coordination::lock_bytes`, one PostgreSQL connection for
+    /// the set), both in ascending stripe order, so no two holders can deadlock. Held while
+    /// bytes are moved into place and recorded, or checked absent and deleted.
+    pub(crate) async fn lock_bytes<'a>(
+        &self,
+        digests: impl IntoIterator<Item = &'a Digest>,
+    ) -> Result<BytesLock<'_>> {
+        let mut stripes: Vec<usize> = digests.into_iter().map(|d| self.bytes_stripe(d)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut here = Vec::with_capacity(stripes.len());
+        for &i in &stripes {
+            here.push(self.bytes_locks[i].lock().await);
+        }
+        let stripes: Vec<u32> = stripes.into_iter().map(|i| i as u32).collect();
+        let across = self.meta.lock_bytes(&stripes).await?;
+        Ok(BytesLock {
+            _across: across,
+            _here: here,
+        })
     }
 
     /// Serves these upstreams as pull-through caches.

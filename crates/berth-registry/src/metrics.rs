@@ -12,6 +12,15 @@ pub struct ProblemLabel {
     pub problem: &'static str,
 }
 
+/// Where the hash state of an upload's earlier bytes came from when a request appended to
+/// it: `new` (nothing before), `memory` (this process hashed the last chunk), `saved` (the
+/// state another replica saved in the metadata store), `rehashed` (read back and hashed
+/// again: the earlier bytes went through a process that is gone or kept no state).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HashLabel {
+    pub hash: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub upstream: String,
@@ -104,6 +113,8 @@ pub struct RegistryMetrics {
     /// Blob reads refused because the bytes were missing or of the wrong size.
     pub blob_read_errors: Family<ProblemLabel, Counter>,
     pub uploads_expired: Counter,
+    /// Appends to uploads, by where the hash state of the bytes before came from.
+    pub upload_appends: Family<HashLabel, Counter>,
     /// Whole-blob GETs answered with a redirect to a presigned URL (storage.s3.redirect).
     pub blob_redirects: Counter,
     pub digest_mismatches: Counter,
@@ -131,6 +142,11 @@ impl RegistryMetrics {
             "berth_blob_redirects",
             "Whole-blob GETs redirected to a presigned URL of the blob store",
             self.blob_redirects.clone(),
+        );
+        r.register(
+            "berth_upload_appends",
+            "Requests that appended to an upload, by where the hash state of its earlier bytes came from",
+            self.upload_appends.clone(),
         );
         r.register(
             "berth_uploads_expired",

@@ -8,6 +8,7 @@ use berth_store::{StoreError, UploadRow};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use crate::metrics::HashLabel;
 use crate::{Registry, RegistryError, Result};
 
 /// How often a long request body marks its upload session active.
@@ -17,10 +18,23 @@ const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// right now (row first, then area), so recovery leaves it to upload expiry.
 const RECOVERY_ROW_GRACE_SECS: i64 = 120;
 
-/// Releases an upload's busy mark when a request ends, however it ends.
+/// Releases an upload's busy mark when a request ends, however it ends, and with it the
+/// upload's lock across replicas.
 struct BusyGuard<'a> {
     registry: &'a Registry,
     id: UploadId,
+    across: Option<berth_store::LockGuard>,
+}
+
+impl BusyGuard<'_> {
+    /// Ends the claim before the response goes out: the client's next request for this
+    /// upload (its next chunk, perhaps at another replica) must find it free, and dropping
+    /// a PostgreSQL lock releases it only moments later.
+    async fn release(mut self) {
+        if let Some(across) = self.across.take() {
+            across.release().await;
+        }
+    }
 }
 
 impl Drop for BusyGuard<'_> {
@@ -66,16 +80,71 @@ impl Registry {
         Ok(self.upload_row(repo, id).await?.size)
     }
 
-    fn claim(&self, id: &UploadId) -> Result<BusyGuard<'_>> {
-        if !self.busy.lock().unwrap().insert(id.clone()) {
-            return Err(RegistryError::UploadInvalid(format!(
+    /// Marks the upload as being written by this request: refused while another request
+    /// writes to it, in this process or (with `across`) in another replica
+    /// (`Coordination::try_lock_upload`). `across` is false only for an upload this request
+    /// created, whose id nobody else knows yet.
+    async fn claim(&self, id: &UploadId, across: bool) -> Result<BusyGuard<'_>> {
+        let refused = || {
+            RegistryError::UploadInvalid(format!(
                 "another request is writing to upload {id}; send chunks one at a time"
-            )));
+            ))
+        };
+        if !self.busy.lock().unwrap().insert(id.clone()) {
+            return Err(refused());
         }
-        Ok(BusyGuard {
+        let mut guard = BusyGuard {
             registry: self,
             id: id.clone(),
-        })
+            across: None,
+        };
+        if across {
+            // Dropping `guard` on a refusal or an error clears the mark taken above.
+            guard.across = Some(self.meta.try_lock_upload(id).await?.ok_or_else(refused)?);
+        }
+        Ok(guard)
+    }
+
+    /// A hasher for a new upload: one whose state can be saved in the metadata store when
+    /// other replicas share it (the next chunk may arrive at any of them), else ring's,
+    /// which is faster.
+    fn upload_hasher(&self) -> DigestHasher {
+        if self.meta.shared() {
+            DigestHasher::resumable(Algorithm::Sha256)
+        } else {
+            DigestHasher::new(Algorithm::Sha256)
+        }
+    }
+
+    /// The hash state of the upload's first `row.size` bytes: this process's if it hashed
+    /// the last chunk, else the one saved in the row (by another replica), else rebuilt by
+    /// reading the bytes back. A state is valid only for the exact size it was taken at.
+    async fn upload_hash(&self, row: &UploadRow) -> Result<DigestHasher> {
+        let cached = self.hashers.lock().unwrap().remove(&row.id);
+        let saved = || {
+            row.hash_state
+                .as_deref()
+                .and_then(|s| DigestHasher::restore(Algorithm::Sha256, s))
+        };
+        let (from, hasher) = match cached {
+            Some((n, h, _)) if n == row.size => ("memory", h),
+            _ => match saved() {
+                Some(h) => ("saved", h),
+                None => {
+                    let h = self
+                        .blobs
+                        .hash_upload(&row.id, row.size, self.upload_hasher())
+                        .await
+                        .map_err(|e| area_error(&row.id, e))?;
+                    (if row.size == 0 { "new" } else { "rehashed" }, h)
+                }
+            },
+        };
+        self.metrics
+            .upload_appends
+            .get_or_create(&HashLabel { hash: from })
+            .inc();
+        Ok(hasher)
     }
 
     /// Appends a body to the upload; returns the new size and hash state.
@@ -84,16 +153,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        // A saved state for another size is stale: the chunks since went to another replica.
-        let cached = self.hashers.lock().unwrap().remove(&row.id);
-        let hasher = match cached {
-            Some((n, h, _)) if n == row.size => h,
-            _ => self
-                .blobs
-                .hash_upload(&row.id, row.size, DigestHasher::new(Algorithm::Sha256))
-                .await
-                .map_err(|e| area_error(&row.id, e))?,
-        };
+        let hasher = self.upload_hash(row).await?;
         let mut sink = self
             .blobs
             .append(&row.id, row.size, hasher)
@@ -158,7 +218,23 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let _busy = self.claim(id)?;
+        let busy = self.claim(id, true).await?;
+        let result = self.append_chunk(repo, id, range, body).await;
+        busy.release().await;
+        result
+    }
+
+    async fn append_chunk<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        range: Option<(u64, u64)>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let row = self.upload_row(repo, id).await?;
         if let Some((start, end)) = range {
             if start != row.size {
@@ -189,8 +265,13 @@ impl Registry {
                 )));
             }
         }
-        self.meta.set_upload_size(id, size, self.clock.now()).await?;
         let now = self.clock.now();
+        // Saved with its size for whichever replica gets the next chunk (only a resumable
+        // hasher, used when replicas share the store, can be saved).
+        match hasher.save() {
+            Some(state) => self.meta.save_upload_state(id, size, &state, now).await?,
+            None => self.meta.set_upload_size(id, size, now).await?,
+        }
         self.hashers
             .lock()
             .unwrap()
@@ -211,7 +292,24 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let _busy = self.claim(id)?;
+        let busy = self.claim(id, true).await?;
+        let result = self.finish_claimed(repo, id, digest, body).await;
+        busy.release().await;
+        result
+    }
+
+    /// [`Registry::finish_upload`] of an upload the caller has claimed.
+    async fn finish_claimed<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let row = self.upload_row(repo, id).await?;
         let (size, mut hasher) = self.append_within_limit(&row, body).await?;
         if digest.algorithm() != hasher.algorithm() {
@@ -231,7 +329,7 @@ impl Registry {
             });
         }
         {
-            let _bytes = self.bytes_lock(digest).lock().await;
+            let _bytes = self.lock_bytes([digest]).await?;
             self.blobs.commit_upload(id, digest).await?;
             self.meta
                 .commit_blob(repo, digest, size, Some(id), self.clock.now())
@@ -249,7 +347,11 @@ impl Registry {
         E: std::fmt::Display,
     {
         let id = self.start_upload(repo).await?;
-        let result = self.finish_upload(repo, &id, digest, body).await;
+        // Nobody else knows the new id yet: the in-process mark is enough.
+        let result = match self.claim(&id, false).await {
+            Ok(_busy) => self.finish_claimed(repo, &id, digest, body).await,
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             // A one-shot upload cannot be resumed; don't leave it behind.
             let _ = self.cancel_upload_row(&id).await;
@@ -259,9 +361,13 @@ impl Registry {
 
     /// Cancels an upload (DELETE).
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        let _busy = self.claim(id)?;
-        self.upload_row(repo, id).await?;
-        self.cancel_upload_row(id).await
+        let busy = self.claim(id, true).await?;
+        let result = match self.upload_row(repo, id).await {
+            Ok(_) => self.cancel_upload_row(id).await,
+            Err(e) => Err(e),
+        };
+        busy.release().await;
+        result
     }
 
     /// Forgets an upload: its row first, then its area (an area without a row is what
@@ -330,10 +436,16 @@ impl Registry {
         let ids = self.meta.uploads_idle_since(cutoff).await?;
         let mut n = 0;
         for id in ids {
-            if self.busy.lock().unwrap().contains(&id) {
-                continue;
-            }
-            self.cancel_upload_row(&id).await?;
+            // Claimed like a request would, so a session being written to (here or on
+            // another replica) is left alone, and no request starts on it meanwhile.
+            let busy = match self.claim(&id, true).await {
+                Ok(busy) => busy,
+                Err(RegistryError::UploadInvalid(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let cancelled = self.cancel_upload_row(&id).await;
+            busy.release().await;
+            cancelled?;
             self.metrics.uploads_expired.inc();
             n += 1;
         }

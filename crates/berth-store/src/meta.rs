@@ -13,6 +13,9 @@ pub struct UploadRow {
     pub size: u64,
     pub started_at: i64,
     pub last_activity: i64,
+    /// The hash state saved after exactly `size` bytes ([`UploadMeta::save_upload_state`]);
+    /// `None` when none was saved for the current size.
+    pub hash_state: Option<Vec<u8>>,
 }
 
 /// A manifest to record, with everything it references.
@@ -133,7 +136,12 @@ pub trait ManifestMeta: Send + Sync {
 pub trait UploadMeta: Send + Sync {
     async fn create_upload(&self, id: &UploadId, repo: &RepoName, now: i64) -> Result<()>;
     async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>>;
+    /// Records the size and the activity; a hash state saved for another size stops
+    /// being returned.
     async fn set_upload_size(&self, id: &UploadId, size: u64, now: i64) -> Result<()>;
+    /// [`UploadMeta::set_upload_size`], and the hash state after exactly `size` bytes, so
+    /// the next chunk can resume hashing in another process.
+    async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()>;
     async fn delete_upload(&self, id: &UploadId) -> Result<bool>;
     /// Uploads with no activity since `before`.
     async fn uploads_idle_since(&self, before: i64) -> Result<Vec<UploadId>>;
@@ -261,14 +269,43 @@ pub struct StorageStats {
 
 /// Proof that a coordination lock is held; dropping it releases the lock (on PostgreSQL
 /// within moments: the release runs on the runtime, or the lock's session closes).
+/// [`LockGuard::release`] releases it before returning, for a lock whose next taker may be
+/// the very client this request is answering (an upload's next chunk).
 pub struct LockGuard {
-    _held: Box<dyn Send + Sync>,
+    held: Held,
+}
+
+enum Held {
+    Plain(#[allow(dead_code)] Box<dyn Send + Sync>),
+    Releasable(Box<dyn Release>),
+}
+
+/// A lock whose release can be awaited (PostgreSQL's, released over its connection).
+#[async_trait]
+pub trait Release: Send + Sync {
+    async fn release(self: Box<Self>);
 }
 
 impl LockGuard {
+    /// A lock released when `held` is dropped.
     pub fn new(held: impl Send + Sync + 'static) -> LockGuard {
         LockGuard {
-            _held: Box::new(held),
+            held: Held::Plain(Box::new(held)),
+        }
+    }
+
+    /// A lock whose release [`LockGuard::release`] can wait for.
+    pub fn releasing(held: impl Release + 'static) -> LockGuard {
+        LockGuard {
+            held: Held::Releasable(Box::new(held)),
+        }
+    }
+
+    /// Releases the lock and returns once it is released.
+    pub async fn release(self) {
+        match self.held {
+            Held::Plain(held) => drop(held),
+            Held::Releasable(held) => held.release().await,
         }
     }
 }
@@ -291,6 +328,19 @@ pub trait Coordination: Send + Sync {
     /// Waits for, then takes, the lock of the upstream fill of `digest`, so one fill per
     /// digest runs at a time across replicas. Dropping the future while waiting gives up.
     async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard>;
+    /// Waits for, then takes, the cross-process bytes locks of `stripes` (the registry's
+    /// per-digest stripes), all held by one guard, so a blob's bytes are never deleted by
+    /// one replica while another moves them into place. Taken in ascending order, whatever
+    /// order they are given in, so two holders of overlapping sets cannot deadlock. A no-op
+    /// where the store belongs to one process (SQLite): the registry's in-process stripes
+    /// already cover it.
+    async fn lock_bytes(&self, stripes: &[u32]) -> Result<LockGuard>;
+    /// Takes the lock of the request writing to upload `id` if nobody holds it; `None` when
+    /// a request in another process holds it. Within one process the caller asks once per
+    /// upload at a time (the registry refuses a second writer in-process first), which is
+    /// why it is a no-op (always taken) where the store belongs to one process, and why
+    /// PostgreSQL may hold every upload lock of a process on one session.
+    async fn try_lock_upload(&self, id: &UploadId) -> Result<Option<LockGuard>>;
 }
 
 /// One repository as a listing shows it.
@@ -554,4 +604,9 @@ pub trait MetaStore:
 {
     /// Proves the store answers (for readiness).
     async fn ping(&self) -> Result<()>;
+    /// Whether other processes (replicas) may share this store, so that what one request
+    /// leaves for the next (an upload's hash state) must be saved in it, not in memory.
+    fn shared(&self) -> bool {
+        false
+    }
 }

@@ -24,6 +24,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "manifests_times",
         sql: include_str!("../migrations/sqlite/0002_manifests_times.sql"),
     },
+    Migration {
+        version: 3,
+        name: "upload_hash_state",
+        sql: include_str!("../migrations/sqlite/0003_upload_hash_state.sql"),
+    },
 ];
 pub(crate) const POSTGRES: &[Migration] = &[
     Migration {
@@ -35,6 +40,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "manifests_times",
         sql: include_str!("../migrations/postgres/0002_manifests_times.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "upload_hash_state",
+        sql: include_str!("../migrations/postgres/0003_upload_hash_state.sql"),
     },
 ];
 

@@ -41,6 +41,19 @@ pub struct PgMeta {
     /// connection costs a TLS and SCRAM handshake). A connection whose wait was cancelled
     /// is closed instead, so no lock request outlives its caller.
     idle_locks: Arc<StdMutex<Vec<PgConnection>>>,
+    /// The one session holding every upload lock of this process: they are only tried,
+    /// never waited for, so they can share it (the registry never asks twice for one
+    /// upload at once), where a connection per request writing to an upload would use up
+    /// the server's connections under many concurrent pushes.
+    upload_locks: Arc<tokio::sync::Mutex<UploadLocks>>,
+}
+
+/// The upload locks' session, and which one it is (a broken session is replaced; the locks
+/// it held went with it, and must not be unlocked on its successor).
+#[derive(Default)]
+struct UploadLocks {
+    conn: Option<PgConnection>,
+    session: u64,
 }
 
 /// Lock connections kept idle at most.
@@ -149,6 +162,7 @@ impl PgMeta {
             pool,
             opts,
             idle_locks: Arc::default(),
+            upload_locks: Arc::default(),
         })
     }
 
@@ -183,10 +197,10 @@ impl PgMeta {
         }
     }
 
-    fn held(&self, conn: PgConnection, key: i64) -> LockGuard {
-        LockGuard::new(PgLockHeld {
+    fn held(&self, conn: PgConnection, keys: Vec<i64>) -> LockGuard {
+        LockGuard::releasing(PgLockHeld {
             conn: Some(conn),
-            key,
+            keys,
             idle: Arc::downgrade(&self.idle_locks),
         })
     }
@@ -661,10 +675,13 @@ impl UploadMeta for PgMeta {
     }
 
     async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>> {
-        let row = sqlx::query("SELECT repo, size, started_at, last_activity FROM uploads WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT repo, size, started_at, last_activity, CASE WHEN hash_size = size THEN hash_state END
+             FROM uploads WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             let repo: String = r.get(0);
             Ok(UploadRow {
@@ -675,6 +692,7 @@ impl UploadMeta for PgMeta {
                 size: r.get::<i64, _>(1) as u64,
                 started_at: r.get(2),
                 last_activity: r.get(3),
+                hash_state: r.get(4),
             })
         })
         .transpose()
@@ -687,6 +705,19 @@ impl UploadMeta for PgMeta {
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE uploads SET size = $1, hash_size = $1, hash_state = $2, last_activity = $3 WHERE id = $4",
+        )
+        .bind(size as i64)
+        .bind(hash_state)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -1091,45 +1122,60 @@ impl IntegrityMeta for PgMeta {
     }
 }
 
-/// An advisory lock held on a connection of its own. Dropping it unlocks and closes the
-/// connection on the runtime; closing alone would release the lock too (a session's
-/// advisory locks end with it), which is also what happens when a replica dies.
+/// Advisory locks held on a connection of their own. Dropping it unlocks them and puts the
+/// connection back (or closes it) on the runtime; closing alone would release the locks too
+/// (a session's advisory locks end with it), which is also what happens when a replica dies.
 struct PgLockHeld {
     conn: Option<PgConnection>,
-    key: i64,
+    keys: Vec<i64>,
     idle: Weak<StdMutex<Vec<PgConnection>>>,
+}
+
+/// Unlocks `keys` on `conn`, then keeps the connection for the next lock or closes it.
+async fn unlock(mut conn: PgConnection, keys: Vec<i64>, idle: Weak<StdMutex<Vec<PgConnection>>>) {
+    // Every key in one statement; true only if each was held and is released.
+    let unlocked: std::result::Result<Option<bool>, _> =
+        sqlx::query_scalar("SELECT bool_and(pg_advisory_unlock(k)) FROM unnest($1::bigint[]) AS k")
+            .bind(&keys)
+            .fetch_one(&mut conn)
+            .await;
+    match (unlocked, idle.upgrade()) {
+        (Ok(Some(true)), Some(idle)) => {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_LOCK_CONNECTIONS {
+                idle.push(conn);
+                return;
+            }
+        }
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "releasing an advisory lock failed; closing its session releases it")
+        }
+        _ => {}
+    }
+    let _ = conn.close().await;
+}
+
+#[async_trait]
+impl Release for PgLockHeld {
+    async fn release(mut self: Box<Self>) {
+        if let Some(conn) = self.conn.take() {
+            let keys = std::mem::take(&mut self.keys);
+            unlock(conn, keys, self.idle.clone()).await;
+        }
+    }
 }
 
 impl Drop for PgLockHeld {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        let (key, idle) = (self.key, self.idle.clone());
+        let (keys, idle) = (std::mem::take(&mut self.keys), self.idle.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let unlocked: std::result::Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-                    .bind(key)
-                    .fetch_one(&mut conn)
-                    .await;
-                match (unlocked, idle.upgrade()) {
-                    (Ok(true), Some(idle)) => {
-                        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-                        if idle.len() < IDLE_LOCK_CONNECTIONS {
-                            idle.push(conn);
-                            return;
-                        }
-                    }
-                    (Err(e), _) => {
-                        tracing::warn!(error = %e, "releasing an advisory lock failed; closing its session releases it")
-                    }
-                    _ => {}
-                }
-                let _ = conn.close().await;
-            });
+            rt.spawn(unlock(conn, keys, idle));
         }
         // Without a runtime the connection is dropped here: its session ends and with it
-        // the lock.
+        // the locks.
     }
 }
 
@@ -1146,7 +1192,7 @@ impl Coordination for PgMeta {
             self.keep_idle(conn);
             return Ok(None);
         }
-        Ok(Some(self.held(conn, key)))
+        Ok(Some(self.held(conn, vec![key])))
     }
 
     async fn lock_fill(&self, digest: &Digest) -> Result<LockGuard> {
@@ -1158,7 +1204,103 @@ impl Coordination for PgMeta {
             .bind(key)
             .execute(&mut conn)
             .await?;
-        Ok(self.held(conn, key))
+        Ok(self.held(conn, vec![key]))
+    }
+
+    async fn lock_bytes(&self, stripes: &[u32]) -> Result<LockGuard> {
+        let mut stripes = stripes.to_vec();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // One connection for the whole set (a batch of a collection may need every stripe),
+        // one statement per stripe so they are taken strictly in order. If this future is
+        // dropped while waiting, the connection goes with it and so do the locks taken so far.
+        let mut conn = self.lock_connection().await?;
+        let mut keys = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            let key = lock_key("bytes", &stripe.to_string());
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(key)
+                .execute(&mut conn)
+                .await?;
+            keys.push(key);
+        }
+        Ok(self.held(conn, keys))
+    }
+
+    async fn try_lock_upload(&self, id: &UploadId) -> Result<Option<LockGuard>> {
+        let key = lock_key("upload", id.as_str());
+        let mut locks = self.upload_locks.lock().await;
+        if locks.conn.is_none() {
+            locks.conn = Some(PgConnection::connect_with(&self.opts).await?);
+            locks.session += 1;
+        }
+        let conn = locks.conn.as_mut().expect("connected above");
+        let got = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(conn)
+            .await;
+        match got {
+            Ok(true) => Ok(Some(LockGuard::releasing(UploadLockHeld {
+                locks: Some(self.upload_locks.clone()),
+                session: locks.session,
+                key,
+            }))),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                // Replaced at the next call; its locks end with it.
+                locks.conn = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// An upload lock held on the shared upload-locks session.
+struct UploadLockHeld {
+    locks: Option<Arc<tokio::sync::Mutex<UploadLocks>>>,
+    session: u64,
+    key: i64,
+}
+
+impl UploadLockHeld {
+    async fn unlock(locks: Arc<tokio::sync::Mutex<UploadLocks>>, session: u64, key: i64) {
+        let mut locks = locks.lock().await;
+        if locks.session != session {
+            return;
+        }
+        let Some(conn) = locks.conn.as_mut() else {
+            return;
+        };
+        let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .fetch_one(conn)
+            .await;
+        if !matches!(unlocked, Ok(true)) {
+            // Closing the session is the sure way to release it (with the other upload
+            // locks of this process: a writer then loses only its protection).
+            tracing::warn!(?unlocked, "releasing an upload lock failed; closing its session");
+            locks.conn = None;
+        }
+    }
+}
+
+#[async_trait]
+impl Release for UploadLockHeld {
+    async fn release(mut self: Box<Self>) {
+        if let Some(locks) = self.locks.take() {
+            UploadLockHeld::unlock(locks, self.session, self.key).await;
+        }
+    }
+}
+
+impl Drop for UploadLockHeld {
+    fn drop(&mut self) {
+        let Some(locks) = self.locks.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(UploadLockHeld::unlock(locks, self.session, self.key));
+        }
     }
 }
 
@@ -1316,6 +1458,10 @@ impl MetaStore for PgMeta {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

@@ -505,10 +505,13 @@ impl UploadMeta for SqliteMeta {
     }
 
     async fn upload(&self, id: &UploadId) -> Result<Option<UploadRow>> {
-        let row = sqlx::query("SELECT repo, size, started_at, last_activity FROM uploads WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT repo, size, started_at, last_activity, CASE WHEN hash_size = size THEN hash_state END
+             FROM uploads WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             let repo: String = r.get(0);
             Ok(UploadRow {
@@ -519,6 +522,7 @@ impl UploadMeta for SqliteMeta {
                 size: r.get::<i64, _>(1) as u64,
                 started_at: r.get(2),
                 last_activity: r.get(3),
+                hash_state: r.get(4),
             })
         })
         .transpose()
@@ -531,6 +535,20 @@ impl UploadMeta for SqliteMeta {
             .bind(id.as_str())
             .execute(&self.writer)
             .await?;
+        Ok(())
+    }
+
+    async fn save_upload_state(&self, id: &UploadId, size: u64, hash_state: &[u8], now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE uploads SET size = ?, hash_size = ?, hash_state = ?, last_activity = ? WHERE id = ?",
+        )
+        .bind(size as i64)
+        .bind(size as i64)
+        .bind(hash_state)
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -1077,5 +1095,13 @@ impl Coordination for SqliteMeta {
             }
         };
         Ok(LockGuard::new(lock.lock_owned().await))
+    }
+
+    async fn lock_bytes(&self, _stripes: &[u32]) -> Result<LockGuard> {
+        Ok(LockGuard::new(()))
+    }
+
+    async fn try_lock_upload(&self, _id: &UploadId) -> Result<Option<LockGuard>> {
+        Ok(Some(LockGuard::new(())))
     }
 }

@@ -101,6 +101,7 @@ macro_rules! meta_store_contract {
                 cached_tags_list_only_cached_repositories,
                 referrers_with_and_without_artifact_type,
                 upload_rows_lifecycle,
+                upload_hash_state_is_valid_for_its_size_only,
                 uploads_idle_since_compares_last_activity,
                 ping_succeeds,
                 concurrent_put_manifest_to_distinct_tags,

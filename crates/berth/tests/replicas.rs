@@ -1,7 +1,8 @@
 //! Three berth replicas on loopback sharing one PostgreSQL database (the testkit's private
 //! cluster) and one S3 bucket (s3s-fs inside this test process); the test spreads the
 //! requests over them itself. Pushes through one replica pull through the others; a
-//! chunked upload hops replicas; 16 cold pulls across replicas fetch from the upstream
+//! chunked upload hops replicas, resuming the hash state saved between chunks, and a
+//! second writer on another replica is refused; 16 cold pulls across replicas fetch from the upstream
 //! once; SIGKILL mid-fill and mid-upload loses nothing acknowledged; GC on one replica
 //! fails no pull on the others, and a second lifecycle run elsewhere gets 409.
 
@@ -245,6 +246,207 @@ fn a_chunked_upload_hops_replicas() {
         );
     }
     eprintln!("chunked upload across replicas: {:?}", started.elapsed());
+}
+
+/// The value of `berth_upload_appends_total{hash="<hash>"}` summed over the replicas.
+fn upload_appends(rs: &Replicas, hash: &str) -> u64 {
+    let line_start = format!("berth_upload_appends_total{{hash=\"{hash}\"}} ");
+    (0..3)
+        .map(|i| {
+            let r = get(&format!("{}/metrics", rs.base(i)));
+            assert_eq!(r.status, 200, "metrics of replica {}: {}", i + 1, r.text());
+            r.text()
+                .lines()
+                .find_map(|l| l.strip_prefix(&line_start))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+/// Issue 9: the hash state is saved between chunks, so a chunked upload sent round-robin
+/// over the replicas never reads its bytes back to re-hash them (which made such uploads
+/// read O(n^2) bytes).
+#[test]
+fn round_robin_chunks_resume_the_saved_hash_state() {
+    let rs = Replicas::start("");
+    let repo = "team/round-robin";
+    const CHUNKS: usize = 12;
+    let data = bytes(43, CHUNKS * (256 << 10) + 777);
+    let digest = sha256(&data);
+    let size = data.len().div_ceil(CHUNKS);
+    let started = Instant::now();
+    let mut session = start_session(&rs.base(0), repo);
+    let mut at = 0;
+    for i in 0..CHUNKS {
+        let end = (at + size).min(data.len());
+        session = patch(&rs.base(i), &session, at, &data[at..end]);
+        at = end;
+    }
+    assert_eq!(at, data.len());
+    // Closed on the replica that took the last chunk: its own state, from memory.
+    finish(&rs.base(CHUNKS - 1), &session, &digest, &[]);
+    eprintln!(
+        "{CHUNKS} chunks of {} KiB round-robin over 3 replicas: {:?}",
+        size >> 10,
+        started.elapsed()
+    );
+    for i in 0..3 {
+        assert_blob(&rs.base(i), repo, &digest, &data);
+    }
+    let counts: Vec<u64> = ["new", "saved", "memory", "rehashed"]
+        .iter()
+        .map(|h| upload_appends(&rs, h))
+        .collect();
+    assert_eq!(
+        counts,
+        [1, CHUNKS as u64 - 1, 1, 0],
+        "appends by hash state origin (new, saved, memory, rehashed)"
+    );
+}
+
+/// Sends the head of a PATCH of `body` at `start` and `sent` of its bytes, and leaves the
+/// request open: a slow client still writing.
+fn open_patch(addr: &str, session: &str, start: usize, body: &[u8], sent: usize) -> std::net::TcpStream {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "PATCH {session} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Range: {start}-{}\r\nContent-Length: {}\r\n\r\n",
+        start + body.len() - 1,
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body[..sent]).unwrap();
+    conn.flush().unwrap();
+    conn
+}
+
+/// The status of the response on a raw connection.
+fn read_status(conn: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 16 << 10, "response head too long");
+        match conn.read(&mut byte).unwrap() {
+            0 => panic!("connection closed before a response"),
+            _ => head.push(byte[0]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("response head {head:?}"))
+}
+
+/// Issue 9: one upload written by two requests at once on two replicas is refused as it
+/// is on one replica, and the upload completes correctly afterwards.
+#[test]
+fn a_second_writer_on_another_replica_is_refused() {
+    let rs = Replicas::start("");
+    let repo = "team/two-writers";
+    let data = bytes(44, 3 << 20);
+    let digest = sha256(&data);
+    let session = start_session(&rs.base(0), repo);
+    let session = patch(&rs.base(1), &session, 0, &data[..1 << 20]);
+    let rest = &data[1 << 20..];
+    let mut slow = open_patch(&rs.servers[0].addr, &session, 1 << 20, rest, 256 << 10);
+    // Time for its head to reach the handler, which claims the session first thing (a
+    // probe claiming it at that very moment would make the slow PATCH the refused one).
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A probe whose range is wrong, so it changes nothing if it gets through: 416 until
+    // the slow PATCH has claimed the session, then refused as a second writer.
+    let probe = |base: &str| {
+        req(
+            "PATCH",
+            &format!("{base}{session}"),
+            &[
+                ("content-type", "application/octet-stream"),
+                ("content-range", "999999-1000000"),
+            ],
+            Some(&[0u8, 1]),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let on_the_same = loop {
+        let r = probe(&rs.base(0));
+        if r.status != 416 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow PATCH never claimed the session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // What one replica answers a second writer...
+    assert_eq!(on_the_same.status, 400, "{}", on_the_same.text());
+    assert_eq!(on_the_same.code(), "BLOB_UPLOAD_INVALID");
+    assert!(
+        on_the_same.text().contains("another request is writing"),
+        "{}",
+        on_the_same.text()
+    );
+    // ...every other replica answers too, for a write at the right offset and for the PUT
+    // that would close the upload.
+    for i in [1, 2] {
+        let r = probe(&rs.base(i));
+        assert_eq!(
+            (r.status, r.code()),
+            (400, on_the_same.code()),
+            "replica {}: {}",
+            i + 1,
+            r.text()
+        );
+        let r = req(
+            "PATCH",
+            &format!("{}{session}", rs.base(i)),
+            &[
+                ("content-type", "application/octet-stream"),
+                ("content-range", &format!("{}-{}", 1 << 20, (1 << 20) + 999)),
+            ],
+            // Small: refused before its body is read, a large body would meet a closed
+            // connection instead of the answer.
+            Some(&data[1 << 20..(1 << 20) + 1000]),
+        );
+        assert_eq!(
+            (r.status, r.code()),
+            (400, on_the_same.code()),
+            "replica {}: {}",
+            i + 1,
+            r.text()
+        );
+        assert!(r.text().contains("another request is writing"), "{}", r.text());
+        let r = req(
+            "PUT",
+            &format!(
+                "{}{}",
+                rs.base(i),
+                with_query(&session, &format!("digest={digest}"))
+            ),
+            &[("content-type", "application/octet-stream")],
+            Some(&[]),
+        );
+        assert_eq!(
+            (r.status, r.code()),
+            (400, on_the_same.code()),
+            "replica {}: {}",
+            i + 1,
+            r.text()
+        );
+    }
+    // The slow writer finishes its chunk; the refused ones changed nothing.
+    slow.write_all(&rest[256 << 10..]).unwrap();
+    slow.flush().unwrap();
+    assert_eq!(read_status(&mut slow), 202, "the slow PATCH");
+    drop(slow);
+    assert_eq!(session_size(&rs.base(2), &session), data.len());
+    finish(&rs.base(2), &session, &digest, &[]);
+    for i in 0..3 {
+        assert_blob(&rs.base(i), repo, &digest, &data);
+    }
 }
 
 #[test]

@@ -430,7 +430,7 @@ impl Registry {
                 self.metrics.digest_mismatches.inc();
                 return Err(invalid(format!("blob {digest}: the bytes sent hash to {actual}")));
             }
-            let _bytes = self.bytes_lock(digest).lock().await;
+            let _bytes = self.lock_bytes([digest]).await?;
             self.blobs.commit_upload(&id, digest).await?;
             let now = self.clock.now();
             self.meta.mark_cached(&c.local, &c.source.name, now).await?;

@@ -301,7 +301,7 @@ impl Registry {
     /// instead of wrong bytes; re-fetches them for cached repositories.
     async fn repair_blob(self: &Arc<Self>, digest: &Digest, links: &[(String, bool)]) -> Result<String> {
         {
-            let _bytes = self.bytes_lock(digest).lock().await;
+            let _bytes = self.lock_bytes([digest]).await?;
             self.blobs.quarantine(digest).await?;
             self.meta.drop_blob(digest).await?;
         }

@@ -87,16 +87,11 @@ impl Registry {
         if dry_run {
             bytes_freed = report.blobs.iter().map(|(_, size)| size).sum();
         } else {
-            // In batches: take the bytes locks the batch needs (in stripe order), drop
-            // whatever an upload recorded again since the sweep, delete the rest.
+            // In batches: take the bytes locks the batch needs (in this process and across
+            // replicas), drop whatever an upload recorded again since the sweep, delete the
+            // rest.
             for batch in report.blobs.chunks(1000) {
-                let mut stripes: Vec<usize> = batch.iter().map(|(d, _)| self.bytes_stripe(d)).collect();
-                stripes.sort_unstable();
-                stripes.dedup();
-                let mut guards = Vec::with_capacity(stripes.len());
-                for i in stripes {
-                    guards.push(self.bytes_locks[i].lock().await);
-                }
+                let _bytes = self.lock_bytes(batch.iter().map(|(d, _)| d)).await?;
                 let digests: Vec<_> = batch.iter().map(|(d, _)| d.clone()).collect();
                 let again = self.meta.recorded_among(&digests).await?;
                 let doomed: Vec<_> = batch.iter().filter(|(d, _)| !again.contains(d)).collect();

@@ -959,6 +959,44 @@ pub async fn upload_rows_lifecycle(store: &dyn MetaStore) {
     assert!(store.uploads_idle_since(i64::MAX).await.unwrap().is_empty());
 }
 
+/// A saved hash state comes back only while the row's size is the size it was saved at.
+pub async fn upload_hash_state_is_valid_for_its_size_only(store: &dyn MetaStore) {
+    let a = repo("app");
+    let u = uid("hash-state");
+    store.create_upload(&u, &a, 100).await.unwrap();
+    assert_eq!(store.upload(&u).await.unwrap().unwrap().hash_state, None);
+    let state: Vec<u8> = (0..=255).collect();
+    store.save_upload_state(&u, 4096, &state, 110).await.unwrap();
+    let row = store.upload(&u).await.unwrap().unwrap();
+    assert_eq!((row.size, row.last_activity), (4096, 110));
+    assert_eq!(row.hash_state.as_deref(), Some(&state[..]));
+    // Touching the session at the same size keeps it.
+    store.set_upload_size(&u, 4096, 120).await.unwrap();
+    let row = store.upload(&u).await.unwrap().unwrap();
+    assert_eq!(
+        row.hash_state.as_deref(),
+        Some(&state[..]),
+        "same size: still valid"
+    );
+    // Bytes appended without a saved state make it stale.
+    store.set_upload_size(&u, 5_000_000_000, 130).await.unwrap();
+    let row = store.upload(&u).await.unwrap().unwrap();
+    assert_eq!(
+        (row.size, row.hash_state),
+        (5_000_000_000, None),
+        "stale after a size change"
+    );
+    store
+        .save_upload_state(&u, 5_000_000_001, b"later", 140)
+        .await
+        .unwrap();
+    let row = store.upload(&u).await.unwrap().unwrap();
+    assert_eq!(
+        (row.size, row.hash_state.as_deref()),
+        (5_000_000_001, Some(&b"later"[..]))
+    );
+}
+
 pub async fn uploads_idle_since_compares_last_activity(store: &dyn MetaStore) {
     let a = repo("app");
     let (u1, u2, u3) = (uid("u1"), uid("u2"), uid("u3"));

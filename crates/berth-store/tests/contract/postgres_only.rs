@@ -72,6 +72,111 @@ async fn postgres_fill_lock_admits_one_replica_at_a_time() {
     assert_eq!(most.load(Ordering::SeqCst), 1, "two holders at once");
 }
 
+/// How many advisory locks are held in `url`'s database, and by how many sessions.
+async fn advisory_locks(url: &str) -> (i64, i64) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+    row
+}
+
+/// Garbage collection on one replica and a commit of the same digest on another both
+/// take the digest's bytes stripe: the second waits until the first lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bytes_locks_exclude_across_replicas() {
+    let (url, a, b) = two_replicas().await;
+    // Given unsorted and with a repeat, as a batch of a collection might be.
+    let held = a.lock_bytes(&[40, 5, 63, 5]).await.unwrap();
+    assert_eq!(
+        advisory_locks(&url).await,
+        (3, 1),
+        "three stripes, held on one connection"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.lock_bytes(&[40]))
+            .await
+            .is_err(),
+        "b must wait for a stripe a holds"
+    );
+    let other = tokio::time::timeout(Duration::from_secs(10), b.lock_bytes(&[6]))
+        .await
+        .expect("a stripe nobody holds is free")
+        .unwrap();
+    drop(other);
+    let b = Arc::new(b);
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock_bytes(&[63, 40]).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "still waiting while a holds them");
+    drop(held);
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("granted once a released them")
+        .unwrap();
+    drop(got);
+}
+
+/// Two replicas taking overlapping sets of stripes in opposite orders never deadlock:
+/// each set is taken in ascending order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bytes_locks_in_any_order_do_not_deadlock() {
+    let (_, a, b) = two_replicas().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut tasks = Vec::new();
+    for i in 0..8u32 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let set: Vec<u32> = if i % 2 == 0 { vec![1, 2, 3] } else { vec![3, 2, 1] };
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let _g = store.lock_bytes(&set).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("no deadlock")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_upload_lock_is_held_across_replicas() {
+    let (_, a, b) = two_replicas().await;
+    let (one, two) = (
+        berth_oci::UploadId::parse("7d1c0a5e-one").unwrap(),
+        berth_oci::UploadId::parse("7d1c0a5e-two").unwrap(),
+    );
+    let held = a.try_lock_upload(&one).await.unwrap().expect("a takes it");
+    assert!(
+        b.try_lock_upload(&one).await.unwrap().is_none(),
+        "b is refused while a writes"
+    );
+    assert!(
+        b.try_lock_upload(&two).await.unwrap().is_some(),
+        "another upload is free"
+    );
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.try_lock_upload(&one).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never got the upload after a let go"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_lock_of_a_dead_replica_is_released() {
     // A replica that dies takes its sessions with it; here the guard's connection closes
