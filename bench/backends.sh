@@ -80,14 +80,15 @@ wait_line() {
     die "no '$2' in $1: $(tail -5 "$1")"
 }
 
-# start_berth NAME STORAGE_TOML -> prints the base URL
+# start_berth NAME STORAGE_TOML: starts berth, sets STARTED to its base URL. Not run in
+# $(...): PIDS must grow in this shell, or cleanup leaves the server running.
 start_berth() {
     local dir=$WORK/$1
     mkdir -p "$dir"
     printf '[server]\nlisten = "127.0.0.1:0"\nlog = "warn"\n[storage]\ndata_dir = "%s"\n%s\n' "$dir/data" "$2" >"$dir/berth.toml"
     "$BERTH_BIN" serve --config "$dir/berth.toml" >"$dir/out" 2>"$dir/err" &
     PIDS+=($!)
-    wait_line "$dir/out" "berth listening on "
+    STARTED=$(wait_line "$dir/out" "berth listening on ")
 }
 
 log "work dir $WORK"
@@ -120,12 +121,15 @@ sign_payload = false
 access_key_id_file = \"$WORK/ak\"
 secret_access_key_file = \"$WORK/sk\""
 
-FS=$(start_berth fs 'blobs = "fs"')
-S3PG=$(start_berth s3pg "$S3_TOML")
+start_berth fs 'blobs = "fs"'
+FS=$STARTED
+start_berth s3pg "$S3_TOML"
+S3PG=$STARTED
 # A second replica on the same bucket and database, with presigned redirects.
-S3PG_REDIR=$(start_berth s3pg-redirect "$S3_TOML
+start_berth s3pg-redirect "$S3_TOML
 redirect = true
-presign_ttl = \"10m\"")
+presign_ttl = \"10m\""
+S3PG_REDIR=$STARTED
 log "fs+SQLite $FS, S3+PG $S3PG, S3+PG with redirects $S3PG_REDIR, s3s-fs $S3"
 
 push() { # BASE -> seconds
