@@ -5,6 +5,8 @@
 #               a directory on the same disk behind the S3 API on loopback), metadata in a
 #               private PostgreSQL 15 cluster started by this script (initdb as the
 #               unprivileged user berth-test, loopback port, fsync on).
+# Request bodies go unsigned (storage.s3.sign_payload = false), as they do by default over
+# HTTPS; plain HTTP signs by default, which hashes every pushed byte twice more.
 # Measures a 1 GiB monolithic push (POST + PUT ?digest=), a whole-blob pull (median of
 # runs; on S3 once served by berth and once through storage.s3.redirect, where curl
 # follows the 307 to the presigned URL), and manifest GETs per second (wrk, as
@@ -78,14 +80,15 @@ wait_line() {
     die "no '$2' in $1: $(tail -5 "$1")"
 }
 
-# start_berth NAME STORAGE_TOML -> prints the base URL
+# start_berth NAME STORAGE_TOML: starts berth, sets STARTED to its base URL. Not run in
+# $(...): PIDS must grow in this shell, or cleanup leaves the server running.
 start_berth() {
     local dir=$WORK/$1
     mkdir -p "$dir"
     printf '[server]\nlisten = "127.0.0.1:0"\nlog = "warn"\n[storage]\ndata_dir = "%s"\n%s\n' "$dir/data" "$2" >"$dir/berth.toml"
     "$BERTH_BIN" serve --config "$dir/berth.toml" >"$dir/out" 2>"$dir/err" &
     PIDS+=($!)
-    wait_line "$dir/out" "berth listening on "
+    STARTED=$(wait_line "$dir/out" "berth listening on ")
 }
 
 log "work dir $WORK"
@@ -114,15 +117,19 @@ endpoint = \"$S3\"
 bucket = \"berth-bench\"
 prefix = \"reg\"
 allow_http = true
+sign_payload = false
 access_key_id_file = \"$WORK/ak\"
 secret_access_key_file = \"$WORK/sk\""
 
-FS=$(start_berth fs 'blobs = "fs"')
-S3PG=$(start_berth s3pg "$S3_TOML")
+start_berth fs 'blobs = "fs"'
+FS=$STARTED
+start_berth s3pg "$S3_TOML"
+S3PG=$STARTED
 # A second replica on the same bucket and database, with presigned redirects.
-S3PG_REDIR=$(start_berth s3pg-redirect "$S3_TOML
+start_berth s3pg-redirect "$S3_TOML
 redirect = true
-presign_ttl = \"10m\"")
+presign_ttl = \"10m\""
+S3PG_REDIR=$STARTED
 log "fs+SQLite $FS, S3+PG $S3PG, S3+PG with redirects $S3PG_REDIR, s3s-fs $S3"
 
 push() { # BASE -> seconds
@@ -181,7 +188,7 @@ R[redir.pull]=$(median "${runs[@]}")
 
 {
     echo "# bench/backends.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores; berth $("$BERTH_BIN" --version | cut -d' ' -f2)"
-    echo "# S3 = s3s-fs 0.14 (crates/berth-testkit s3fs-server) on loopback, same disk; PG = PostgreSQL 15, private cluster, loopback"
+    echo "# S3 = s3s-fs 0.14 (crates/berth-testkit s3fs-server) on loopback, same disk, unsigned payloads; PG = PostgreSQL 15, private cluster, loopback"
     echo "# blob ${BLOB_MIB} MiB; pulls: median of $PULL_RUNS (verify_on_read on, the default); wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION"
     printf '%-34s %12s %12s %8s\n' measure fs+SQLite S3+PG ratio
     printf '%-34s %12s %12s %8s\n' "push monolithic (MiB/s)" "${R[fs.push]}" "${R[s3pg.push]}" "$(ratio "${R[s3pg.push]}" "${R[fs.push]}")"

@@ -54,6 +54,20 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Opens an upload area for appending at `offset` (anything after it, left by an
     /// interrupted request, is discarded). `hasher` covers bytes `[0, offset)`.
     async fn append(&self, id: &UploadId, offset: u64, hasher: DigestHasher) -> Result<Box<dyn BlobSink>>;
+    /// [`BlobStore::append`] for an upload that readers follow while it is written (a
+    /// cache fill): its bytes reach [`BlobStore::read_upload`] and the sink's progress
+    /// soon after they are written. A plain `append` may hold them back until `finish`
+    /// when that makes the commit cheaper (S3 writes one object per append then, and
+    /// commits it with one server-side copy). Stores whose writes are visible at once
+    /// need not override it.
+    async fn append_followed(
+        &self,
+        id: &UploadId,
+        offset: u64,
+        hasher: DigestHasher,
+    ) -> Result<Box<dyn BlobSink>> {
+        self.append(id, offset, hasher).await
+    }
     /// Reads up to `max` bytes of an upload area from `offset` (to serve a blob while it
     /// is still arriving). Readers that started before the upload was committed keep
     /// reading the same bytes after the commit.

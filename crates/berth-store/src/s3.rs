@@ -5,22 +5,44 @@
 //! - `blobs/<algorithm>/<first two hex>/<hex>`: committed blobs, immutable;
 //! - `uploads/<id>/area`: the empty object that says an upload area exists;
 //! - `uploads/<id>/p-<seq>-<start>`: the upload's bytes from logical offset `start`, one
-//!   object per segment written. A part with a higher `seq` cuts everything at or after
-//!   its `start` (that is how an append at an earlier offset discards a tail: S3 cannot
-//!   truncate an object), so the upload's bytes are the parts applied in `seq` order;
-//! - `uploads/<id>/composed`: a multi-part upload streamed into one object at commit;
+//!   object per append request (per segment for a followed append). A part with a higher
+//!   `seq` cuts everything at or after its `start` (that is how an append at an earlier
+//!   offset discards a tail: S3 cannot truncate an object), so the upload's bytes are the
+//!   parts applied in `seq` order;
 //! - `quarantine/<algorithm>-<hex>-<unix time>`: damaged bytes moved out of service;
 //! - `tmp/`: readiness probes.
 //!
-//! An append streams into one object per [`SEGMENT`] bytes (a multipart upload once a
-//! part's worth has arrived, a single PUT below that), hashing as it goes. The hash state
-//! is the caller's [`DigestHasher`], carried between requests in memory; another process
+//! An append streams into one object (a multipart upload of [`PART`]-sized parts once a
+//! part's worth has arrived, a single PUT below that), hashing as it goes, so a push of
+//! any size in one request is one object. A followed append (a cache fill, whose readers
+//! stream the bytes while they arrive) starts a new object every [`SEGMENT`] bytes
+//! instead, since an object is readable only once complete. The hash state is the
+//! caller's [`DigestHasher`], carried between requests in memory; another process
 //! rebuilds it with [`BlobStore::hash_upload`], which re-reads the parts (ring's hasher
 //! cannot be serialised).
 //!
-//! Commit copies the upload's only part (server side) or a streamed composition of its
-//! parts into `blobs/` with a conditional create, so two writers of one digest cannot
-//! clobber each other: the loser sees "already exists", checks the size, and succeeds.
+//! Commit makes `blobs/<digest>` in one of two ways:
+//! - an upload that is one whole object of at most [`MAX_COPY`] bytes (5 GiB, the most
+//!   one CopyObject may copy) is copied server side: no byte passes through berth;
+//! - anything else (several parts: a chunked push, a fill of more than one segment; or
+//!   more than 5 GiB) is streamed through berth into a multipart upload at the blob's
+//!   key, never through an intermediate object (`object_store` offers no multipart copy).
+//!
+//! Neither is a conditional create. Blob keys are content addressed and the caller has
+//! verified the digest, so a racing writer of the same digest (another replica) can only
+//! replace the object with the same bytes, and S3 replaces objects whole: a reader sees
+//! one complete copy or the other (s3s-fs, a test server, copies in place, so there a
+//! racing reader may see a short object and fail, never wrong bytes). A HEAD first skips
+//! the work when the blob exists with the upload's size; an object of another size is
+//! replaced. The conditional forms cost more: `object_store` emulates a conditional copy
+//! with a one-part multipart copy completed with `If-None-Match`, three requests that
+//! make servers such as s3s-fs read and write the bytes twice, and it has no conditional
+//! multipart upload. On s3s-fs (bench/backends.sh) a 1 GiB push went from 30 MiB/s (256
+//! MiB segments composed, then a conditional copy: six writes of the bytes) to about 95
+//! (one object, one copy: three writes, two of them inside the server's multipart upload).
+//!
+//! Request bodies are sent as `UNSIGNED-PAYLOAD` unless [`S3Settings::sign_payload`]:
+//! signing hashes every byte once more in berth and once more in the server.
 
 use std::collections::HashMap;
 use std::io;
@@ -32,12 +54,11 @@ use async_trait::async_trait;
 use berth_oci::{Digest, DigestHasher, UploadId};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{
-    ClientOptions, CopyMode, CopyOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig, WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
 };
 use tokio::sync::watch;
 
@@ -50,10 +71,13 @@ use crate::fs::READ_CHUNK;
 const PART: usize = 8 << 20;
 /// Parts uploading at once per upload.
 const PARTS_IN_FLIGHT: usize = 2;
-/// Bytes per upload object. A cache fill's readers see bytes as each segment lands, so
-/// smaller is more prompt; a commit of several segments streams them into one object, so
-/// larger is cheaper. Most layers fit in one segment and commit with a server-side copy.
+/// Bytes per upload object in a followed append (a cache fill). Its readers see bytes as
+/// each segment lands, so smaller is more prompt; a commit of several segments streams
+/// them through berth into one object, so larger is cheaper. Most layers fit in one
+/// segment and commit with a server-side copy.
 pub const SEGMENT: u64 = 256 << 20;
+/// The largest object one CopyObject may copy (AWS's limit); a larger upload is streamed.
+pub const MAX_COPY: u64 = 5 << 30;
 /// How long a committed upload's id still leads readers to its blob (readers of a cache
 /// fill that began before the commit).
 const FORWARD_FOR: Duration = Duration::from_secs(600);
@@ -71,6 +95,10 @@ pub struct S3Settings {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub allow_http: bool,
+    /// Sign each request body's SHA-256 (SigV4) rather than send `UNSIGNED-PAYLOAD`. It
+    /// costs a hash of every byte on both ends and adds nothing over TLS, which already
+    /// guards the bytes in transit; berth checks what it reads back against the digest.
+    pub sign_payload: bool,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -86,6 +114,7 @@ impl std::fmt::Debug for S3Settings {
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("allow_http", &self.allow_http)
+            .field("sign_payload", &self.sign_payload)
             .finish()
     }
 }
@@ -173,9 +202,7 @@ impl S3BlobStore {
             .with_allow_http(settings.allow_http)
             .with_client_options(client)
             .with_retry(retry)
-            // Native S3 (and s3s, moto) complete a part-copy multipart upload with
-            // `If-None-Match: *`: the conditional create a commit needs.
-            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+            .with_unsigned_payload(!settings.sign_payload);
         if let Some(e) = &settings.endpoint {
             b = b.with_endpoint(e);
         }
@@ -479,6 +506,8 @@ struct S3Sink {
     inner: Arc<Inner>,
     id: UploadId,
     hasher: DigestHasher,
+    /// Bytes per object: [`SEGMENT`] when readers follow the upload, else unbounded.
+    segment: u64,
     seq: u64,
     /// Logical offset where the current segment starts.
     seg_start: u64,
@@ -574,7 +603,7 @@ impl BlobSink for S3Sink {
                 )
             })?;
         }
-        if self.seg_len >= SEGMENT {
+        if self.seg_len >= self.segment {
             self.finish_segment().await?;
         }
         Ok(())
@@ -691,123 +720,79 @@ impl S3BlobStore {
         Ok(())
     }
 
-    /// One object holding the upload's bytes: its only part when that is whole, else the
-    /// parts streamed into `uploads/<id>/composed`.
-    async fn single_object(&self, id: &UploadId, extents: &[Extent]) -> io::Result<(Path, u64)> {
-        let inner = &self.inner;
-        let total = end_of(extents);
-        if let [e] = extents
-            && e.start == 0
-            && e.len == e.object_size
-        {
-            return Ok((e.key.clone(), total));
-        }
-        let key = inner.key(&format!("uploads/{}/composed", id.as_str()));
-        let what = format!("composing upload {id} in {}", inner.describe);
-        if total == 0 {
-            inner
-                .s3
-                .put(&key, PutPayload::new())
-                .await
-                .map_err(|e| io_err(&what, e))?;
-            return Ok((key, 0));
-        }
-        let upload = inner.s3.put_multipart(&key).await.map_err(|e| io_err(&what, e))?;
-        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-        for e in extents {
-            let mut body = inner
-                .s3
-                .get_opts(
-                    &e.key,
-                    GetOptions {
-                        range: Some(GetRange::Bounded(0..e.len)),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|err| io_err(&what, err))?
-                .into_stream();
-            while let Some(b) = body.next().await {
-                w.put(b.map_err(|err| io_err(&what, err))?);
-                w.wait_for_capacity(PARTS_IN_FLIGHT)
-                    .await
-                    .map_err(|err| io_err(&what, err))?;
-            }
-        }
-        w.finish().await.map_err(|e| io_err(&what, e))?;
-        Ok((key, total))
-    }
-
-    /// Copies `from` to the blob's key unless it exists. An existing object of the same
-    /// size is the same blob (content addressed, and the caller verified the digest).
-    async fn create_blob(&self, from: &Path, digest: &Digest, size: u64) -> io::Result<()> {
+    /// Makes `blobs/<digest>` hold the upload's bytes (see the module comment): a
+    /// server-side copy of a single whole object up to [`MAX_COPY`], else a stream of the
+    /// parts into a multipart upload at the blob's key. Skipped when the blob exists with
+    /// the upload's size; an object of another size there cannot be this digest's bytes
+    /// and is replaced, as the filesystem store's rename replaces a file.
+    async fn create_blob(&self, id: &UploadId, extents: &[Extent], digest: &Digest) -> io::Result<()> {
         let inner = &self.inner;
         let to = inner.blob_key(digest);
-        let what = format!("committing blob {digest} in {}", inner.describe);
-        if let Some(existing) = inner.exists(&to).await? {
-            return same_size(digest, existing, size);
+        let size = end_of(extents);
+        match inner.exists(&to).await? {
+            Some(existing) if existing == size => return Ok(()),
+            // Also seen on a server whose copies are not atomic (s3s-fs) while another
+            // writer of the digest is copying: both write the same bytes.
+            Some(existing) => tracing::warn!(
+                %digest,
+                existing,
+                size,
+                "blob object in the bucket has the wrong size; replacing it with the upload"
+            ),
+            None => {}
         }
-        let copied = if size == 0 {
-            // A part copy of zero bytes is refused by S3; a conditional PUT does the same.
-            let opts = object_store::PutOptions {
-                mode: object_store::PutMode::Create,
-                ..Default::default()
-            };
-            inner.s3.put_opts(&to, PutPayload::new(), opts).await.map(drop)
-        } else {
-            let opts = CopyOptions {
-                mode: CopyMode::Create,
-                ..Default::default()
-            };
-            inner.s3.copy_opts(from, &to, opts).await
-        };
-        match copied {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                // Another writer (another replica) committed this digest between our HEAD
-                // and our copy: the conditional create kept its object.
-                tracing::debug!(%digest, "blob committed concurrently by another writer");
-                let existing = inner.exists(&to).await?.unwrap_or(size);
-                same_size(digest, existing, size)
+        let what = format!("committing upload {id} as blob {digest} in {}", inner.describe);
+        match extents {
+            [] => inner.s3.put(&to, PutPayload::new()).await.map(drop),
+            [e] if e.start == 0 && e.len == e.object_size && size <= MAX_COPY => {
+                inner.s3.copy(&e.key, &to).await
             }
-            Err(e) => Err(io_err(&what, e)),
+            _ => return self.stream_blob(extents, &to, &what).await,
+        }
+        .map_err(|e| io_err(&what, e))
+    }
+
+    /// Streams the upload's extents, in order, into one multipart upload at `to`.
+    async fn stream_blob(&self, extents: &[Extent], to: &Path, what: &str) -> io::Result<()> {
+        let inner = &self.inner;
+        let upload = inner.s3.put_multipart(to).await.map_err(|e| io_err(what, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let streamed = async {
+            for e in extents {
+                let Some((_, mut body)) = inner.stream_range(&e.key, Some(0..e.len)).await? else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{what}: part {} vanished", e.key),
+                    ));
+                };
+                while let Some(b) = body.next().await {
+                    w.put(b?);
+                    w.wait_for_capacity(PARTS_IN_FLIGHT)
+                        .await
+                        .map_err(|err| io_err(what, err))?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match streamed {
+            Ok(()) => w.finish().await.map(drop).map_err(|e| io_err(what, e)),
+            Err(e) => {
+                // Invisible parts would linger until a lifecycle rule removed them.
+                let _ = w.abort().await;
+                Err(e)
+            }
         }
     }
-}
 
-fn same_size(digest: &Digest, existing: u64, size: u64) -> io::Result<()> {
-    if existing == size {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("blob {digest} already stored with {existing} bytes, the upload has {size}"),
-        ))
-    }
-}
-
-#[async_trait]
-impl BlobStore for S3BlobStore {
-    async fn presigned_url(&self, digest: &Digest, ttl: Duration) -> Result<Option<String>> {
-        self.presigned_get(digest, ttl).await.map(Some)
-    }
-
-    async fn create_upload(&self, id: &UploadId) -> Result<()> {
-        // Creating an area again starts it over, like truncating a file.
-        if self.inner.exists(&self.inner.marker(id)).await?.is_some() {
-            self.delete_area(id).await?;
-        }
-        let key = self.inner.marker(id);
-        self.inner.s3.put(&key, PutPayload::new()).await.map_err(|e| {
-            io_err(
-                format_args!("creating upload area {id} in {}", self.inner.describe),
-                e,
-            )
-        })?;
-        Ok(())
-    }
-
-    async fn append(&self, id: &UploadId, offset: u64, hasher: DigestHasher) -> Result<Box<dyn BlobSink>> {
+    /// Opens an upload area for appending at `offset`, one object per `segment` bytes.
+    async fn sink(
+        &self,
+        id: &UploadId,
+        offset: u64,
+        hasher: DigestHasher,
+        segment: u64,
+    ) -> Result<Box<dyn BlobSink>> {
         let inner = &self.inner;
         inner.require_area(id).await?;
         let (extents, top) = inner.layout(id).await?;
@@ -851,6 +836,7 @@ impl BlobStore for S3BlobStore {
             inner: inner.clone(),
             id: id.clone(),
             hasher,
+            segment,
             seq,
             seg_start: offset,
             seg_len: 0,
@@ -860,6 +846,41 @@ impl BlobStore for S3BlobStore {
             progress_tx,
             progress,
         }))
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn presigned_url(&self, digest: &Digest, ttl: Duration) -> Result<Option<String>> {
+        self.presigned_get(digest, ttl).await.map(Some)
+    }
+
+    async fn create_upload(&self, id: &UploadId) -> Result<()> {
+        // Creating an area again starts it over, like truncating a file.
+        if self.inner.exists(&self.inner.marker(id)).await?.is_some() {
+            self.delete_area(id).await?;
+        }
+        let key = self.inner.marker(id);
+        self.inner.s3.put(&key, PutPayload::new()).await.map_err(|e| {
+            io_err(
+                format_args!("creating upload area {id} in {}", self.inner.describe),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
+    async fn append(&self, id: &UploadId, offset: u64, hasher: DigestHasher) -> Result<Box<dyn BlobSink>> {
+        self.sink(id, offset, hasher, u64::MAX).await
+    }
+
+    async fn append_followed(
+        &self,
+        id: &UploadId,
+        offset: u64,
+        hasher: DigestHasher,
+    ) -> Result<Box<dyn BlobSink>> {
+        self.sink(id, offset, hasher, SEGMENT).await
     }
 
     async fn read_upload(&self, id: &UploadId) -> Result<Box<dyn UploadReader>> {
@@ -903,8 +924,7 @@ impl BlobStore for S3BlobStore {
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> Result<()> {
         self.inner.require_area(id).await?;
         let (extents, _) = self.inner.layout(id).await?;
-        let (from, size) = self.single_object(id, &extents).await?;
-        self.create_blob(&from, digest, size).await?;
+        self.create_blob(id, &extents, digest).await?;
         {
             let mut committed = self.inner.committed.lock().unwrap();
             committed.retain(|_, (_, at)| at.elapsed() < FORWARD_FOR);

@@ -157,6 +157,8 @@ async fn s3_store(server: berth_testkit::s3::S3Server, prefix: &str) -> (Guard, 
         access_key_id: Some(berth_testkit::s3::ACCESS_KEY.to_string()),
         secret_access_key: Some(berth_testkit::s3::SECRET_KEY.to_string()),
         allow_http: true,
+        // As over HTTPS; `contract/s3_only.rs` signs them.
+        sign_payload: false,
     };
     let store = S3BlobStore::open(&settings)
         .await

@@ -813,6 +813,20 @@ pub mod http {
         finish(agent().put(url).header("Content-Type", content_type).send(body))
     }
 
+    /// PUT with arbitrary request headers besides the body's `Content-Type`.
+    pub fn put_with(
+        url: &str,
+        headers: &[(&str, &str)],
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response, String> {
+        let mut req = agent().put(url).header("Content-Type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        finish(req.send(body))
+    }
+
     pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<Response, String> {
         finish(agent().post(url).header("Content-Type", content_type).send(body))
     }

@@ -115,9 +115,17 @@ impl S3Server {
                 }
                 if http::get(&format!("{endpoint}/moto-api/"), &[]).is_ok() {
                     let bucket = "berth-test".to_string();
-                    // moto takes unsigned requests: a bare PUT creates the bucket.
-                    let r = http::put(&format!("{endpoint}/{bucket}"), "application/xml", b"")
-                        .unwrap_or_else(|e| panic!("creating bucket on moto: {e}"));
+                    // moto takes unsigned requests: a bare PUT creates the bucket. Public
+                    // read, so `moto_get` can read objects unsigned: moto gives an object
+                    // made by CopyObject the bucket's ACL, and refuses anonymous reads of
+                    // private ones.
+                    let r = http::put_with(
+                        &format!("{endpoint}/{bucket}"),
+                        &[("x-amz-acl", "public-read")],
+                        "application/xml",
+                        b"",
+                    )
+                    .unwrap_or_else(|e| panic!("creating bucket on moto: {e}"));
                     assert_eq!(r.status, 200, "creating bucket on moto: {r}");
                     return S3Server {
                         endpoint,

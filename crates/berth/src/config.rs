@@ -544,6 +544,8 @@ pub struct S3 {
     pub secret_access_key_env: String,
     pub secret_access_key_file: PathBuf,
     pub allow_http: bool,
+    /// `None`: sign request bodies only over plain HTTP (as the AWS SDKs do).
+    pub sign_payload: Option<bool>,
     pub redirect: bool,
     #[serde(deserialize_with = "duration")]
     pub presign_ttl: Duration,
@@ -561,6 +563,7 @@ impl Default for S3 {
             secret_access_key_env: String::new(),
             secret_access_key_file: PathBuf::new(),
             allow_http: false,
+            sign_payload: None,
             redirect: false,
             presign_ttl: Duration::from_secs(300),
         }
@@ -597,6 +600,9 @@ impl S3 {
                 &self.secret_access_key_file,
             )?,
             allow_http: self.allow_http,
+            sign_payload: self
+                .sign_payload
+                .unwrap_or_else(|| self.endpoint.starts_with("http://")),
         })
     }
 
@@ -1068,6 +1074,15 @@ mod tests {
             !format!("{settings:?}").contains("s3cr3t"),
             "Debug shows the secret"
         );
+        // Request bodies are signed over plain HTTP unless told otherwise, never over HTTPS.
+        assert!(settings.sign_payload, "plain HTTP signs by default");
+        s.sign_payload = Some(false);
+        assert!(!s.settings().unwrap().sign_payload);
+        s.sign_payload = None;
+        s.endpoint = "https://s3.example".into();
+        assert!(!s.settings().unwrap().sign_payload, "HTTPS needs no payload hash");
+        let c = Config::parse(&s3("sign_payload = true")).unwrap();
+        assert!(c.storage.s3.settings().unwrap().sign_payload);
     }
 
     #[test]

@@ -393,9 +393,10 @@ impl Registry {
             return Err(e.into());
         }
         let result = async {
+            // Followed: readers of this fill stream the bytes as they land.
             let mut sink = self
                 .blobs
-                .append(&id, 0, DigestHasher::new(digest.algorithm()))
+                .append_followed(&id, 0, DigestHasher::new(digest.algorithm()))
                 .await?;
             // Without a length from the upstream, readers wait for the verified whole.
             let announced = resp.size;

@@ -1,6 +1,6 @@
 //! Checks of the S3 blob store that reach behind the trait: the server really refuses a
-//! conditional create over an existing object, racing commits, startup errors, presigned
-//! URLs. Each runs on s3s-fs and on moto.
+//! conditional create over an existing object, racing commits, what a commit leaves in the
+//! bucket, startup errors, presigned URLs. Each runs on s3s-fs and on moto.
 
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ fn settings(server: &S3Server, prefix: &str) -> S3Settings {
         access_key_id: Some(ACCESS_KEY.to_string()),
         secret_access_key: Some(SECRET_KEY.to_string()),
         allow_http: true,
+        // Signed bodies, as over plain HTTP; the contract suite runs unsigned.
+        sign_payload: true,
     }
 }
 
@@ -63,10 +65,13 @@ on_both!(
     upload_reader_keeps_reading_after_commit,
     quarantine_moves_the_blob_out_of_service,
     open_verified_withholds_the_end_of_damaged_bytes,
+    one_request_is_one_object_and_commits_leave_only_the_blob,
 );
 
-/// The guarantee commits rest on, asked of the server itself: `PutMode::Create` and a
-/// `CopyMode::Create` copy both fail with "already exists" when the key is taken.
+/// Conditional creates, asked of the server itself: `PutMode::Create` and a
+/// `CopyMode::Create` copy both fail with "already exists" when the key is taken. Commits
+/// do not use them (content-addressed keys make a racing overwrite harmless, see s3.rs),
+/// but anything that must not clobber an object can rely on both servers for it.
 async fn server_refuses_conditional_create_over_an_existing_object(kind: &str) {
     let server = start(kind).await;
     let s3 = AmazonS3Builder::new()
@@ -322,4 +327,94 @@ async fn open_verified_withholds_the_end_of_damaged_bytes(kind: &str) {
         .map(|b| b.len())
         .sum();
     assert!(served < data.len(), "{kind}: the last chunk was withheld");
+}
+
+/// Every object under `prefix`, as (key, size), sorted.
+async fn objects(server: &S3Server, prefix: &str) -> Vec<(String, u64)> {
+    let s3 = AmazonS3Builder::new()
+        .with_endpoint(&server.endpoint)
+        .with_region(REGION)
+        .with_bucket_name(&server.bucket)
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let mut all: Vec<(String, u64)> =
+        futures_util::TryStreamExt::try_collect::<Vec<_>>(s3.list(Some(&Path::from(prefix))))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size))
+            .collect();
+    all.sort();
+    all
+}
+
+/// A push in one request (here larger than a multipart part) is one object in the upload
+/// area, however large, so its commit is one server-side copy; an upload in two requests
+/// is streamed into the blob at commit. Either way nothing but the blob is left behind
+/// (no intermediate composition).
+async fn one_request_is_one_object_and_commits_leave_only_the_blob(kind: &str) {
+    let server = start(kind).await;
+    let store = S3BlobStore::open(&settings(&server, "one")).await.unwrap();
+    let data = bytes_of(550, (9 << 20) + 123);
+    let digest = Digest::sha256_of(&data);
+
+    let id = uid("up-one");
+    store.create_upload(&id).await.unwrap();
+    let mut sink = store
+        .append(&id, 0, DigestHasher::new(Algorithm::Sha256))
+        .await
+        .unwrap();
+    for c in data.chunks(1 << 20) {
+        sink.write(Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    let (n, h) = sink.finish().await.unwrap();
+    assert_eq!((n, h.finish()), (data.len() as u64, digest.clone()));
+    let area = objects(&server, "one/uploads/up-one").await;
+    let parts: Vec<_> = area.iter().filter(|(k, _)| k.contains("/p-")).collect();
+    assert!(
+        parts.len() == 1 && parts[0].1 == data.len() as u64,
+        "{kind}: one request, one object: {area:?}"
+    );
+    store.commit_upload(&id, &digest).await.unwrap();
+    assert_eq!(
+        objects(&server, "one").await,
+        vec![(store.blob_key(&digest), data.len() as u64)],
+        "{kind}: only the blob is left"
+    );
+    assert!(
+        read_bytes(&store, &digest, None).await.1 == data,
+        "{kind}: copied bytes differ"
+    );
+
+    // Two requests: two objects, streamed into the blob at commit.
+    let other = bytes_of(551, (6 << 20) + 7);
+    let other_digest = Digest::sha256_of(&other);
+    let id = uid("up-two");
+    store.create_upload(&id).await.unwrap();
+    let mut h = DigestHasher::new(Algorithm::Sha256);
+    let mut at = 0;
+    for piece in [&other[..5 << 20], &other[5 << 20..]] {
+        let mut sink = store.append(&id, at, h).await.unwrap();
+        sink.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        (at, h) = sink.finish().await.unwrap();
+    }
+    assert_eq!(h.finish(), other_digest);
+    store.commit_upload(&id, &other_digest).await.unwrap();
+    let mut want = vec![
+        (store.blob_key(&digest), data.len() as u64),
+        (store.blob_key(&other_digest), other.len() as u64),
+    ];
+    want.sort();
+    assert_eq!(
+        objects(&server, "one").await,
+        want,
+        "{kind}: only the blobs are left"
+    );
+    assert!(
+        read_bytes(&store, &other_digest, None).await.1 == other,
+        "{kind}: streamed bytes differ"
+    );
 }
