@@ -28,18 +28,20 @@
 //!   more than 5 GiB) is streamed through berth into a multipart upload at the blob's
 //!   key, never through an intermediate object (`object_store` offers no multipart copy).
 //!
-//! Neither is a conditional create. Blob keys are content addressed and the caller has
-//! verified the digest, so a racing writer of the same digest (another replica) can only
-//! replace the object with the same bytes, and S3 replaces objects whole: a reader sees
-//! one complete copy or the other (s3s-fs, a test server, copies in place, so there a
-//! racing reader may see a short object and fail, never wrong bytes). A HEAD first skips
-//! the work when the blob exists with the upload's size; an object of another size is
-//! replaced. The conditional forms cost more: `object_store` emulates a conditional copy
-//! with a one-part multipart copy completed with `If-None-Match`, three requests that
-//! make servers such as s3s-fs read and write the bytes twice, and it has no conditional
-//! multipart upload. On s3s-fs (bench/backends.sh) a 1 GiB push went from 30 MiB/s (256
-//! MiB segments composed, then a conditional copy: six writes of the bytes) to about 95
-//! (one object, one copy: three writes, two of them inside the server's multipart upload).
+//! Two writers of one digest (replicas filling the same blob) never both write it: the
+//! registry commits under its per-digest bytes lock, which PostgreSQL makes cross-replica
+//! (`Coordination::lock_bytes`), and a HEAD under that lock skips the work when the blob
+//! exists with the upload's size (an object of another size cannot be this digest's bytes
+//! and is replaced, as the filesystem store's rename replaces a file). The server-side copy
+//! is also a conditional create (`CopyMode::Create`: `object_store` copies as a one-part
+//! multipart upload completed with `If-None-Match: *`), so processes sharing a bucket
+//! without a shared lock cannot clobber each other either: the loser sees "already
+//! exists", checks the size and succeeds. The streamed path has no conditional form
+//! (`object_store` offers no conditional multipart upload), so it relies on the lock and
+//! the HEAD. On s3s-fs, whose part copy reads and writes the bytes again, the conditional
+//! copy costs about half the push throughput against a plain CopyObject (bench/backends.sh:
+//! 42 against 94 MiB/s for 1 GiB); on S3 itself a part copy stays inside the store. Before
+//! one object per request, a 1 GiB push composed 256 MiB segments first (18-30 MiB/s).
 //!
 //! Request bodies are sent as `UNSIGNED-PAYLOAD` unless [`S3Settings::sign_payload`]:
 //! signing hashes every byte once more in berth and once more in the server.
@@ -54,11 +56,12 @@ use async_trait::async_trait;
 use berth_oci::{Digest, DigestHasher, UploadId};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3CopyIfNotExists};
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+    ClientOptions, CopyMode, CopyOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 use tokio::sync::watch;
 
@@ -202,7 +205,8 @@ impl S3BlobStore {
             .with_allow_http(settings.allow_http)
             .with_client_options(client)
             .with_retry(retry)
-            .with_unsigned_payload(!settings.sign_payload);
+            .with_unsigned_payload(!settings.sign_payload)
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
         if let Some(e) = &settings.endpoint {
             b = b.with_endpoint(e);
         }
@@ -731,21 +735,61 @@ impl S3BlobStore {
         let size = end_of(extents);
         match inner.exists(&to).await? {
             Some(existing) if existing == size => return Ok(()),
-            // Also seen on a server whose copies are not atomic (s3s-fs) while another
-            // writer of the digest is copying: both write the same bytes.
-            Some(existing) => tracing::warn!(
-                %digest,
-                existing,
-                size,
-                "blob object in the bucket has the wrong size; replacing it with the upload"
-            ),
+            // Damage (or bytes written outside berth): the conditional create below would
+            // keep it, so it goes first.
+            Some(existing) => {
+                tracing::warn!(
+                    %digest,
+                    existing,
+                    size,
+                    "blob object in the bucket has the wrong size; replacing it with the upload"
+                );
+                inner.s3.delete(&to).await.map_err(|e| {
+                    io_err(
+                        format_args!("deleting the wrong-size blob {digest} in {}", inner.describe),
+                        e,
+                    )
+                })?;
+            }
             None => {}
         }
         let what = format!("committing upload {id} as blob {digest} in {}", inner.describe);
         match extents {
-            [] => inner.s3.put(&to, PutPayload::new()).await.map(drop),
+            // A part copy of zero bytes is refused by S3; a conditional PUT does the same.
+            _ if size == 0 => {
+                let opts = object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                };
+                match inner.s3.put_opts(&to, PutPayload::new(), opts).await {
+                    Err(
+                        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                    ) => Ok(()),
+                    other => other.map(drop),
+                }
+            }
             [e] if e.start == 0 && e.len == e.object_size && size <= MAX_COPY => {
-                inner.s3.copy(&e.key, &to).await
+                let opts = CopyOptions {
+                    mode: CopyMode::Create,
+                    ..Default::default()
+                };
+                match inner.s3.copy_opts(&e.key, &to, opts).await {
+                    Err(
+                        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                    ) => {
+                        // Another process sharing the bucket committed this digest between
+                        // our HEAD and our copy: the conditional create kept its object.
+                        tracing::debug!(%digest, "blob committed concurrently by another writer");
+                        let existing = inner.exists(&to).await?.unwrap_or(size);
+                        if existing != size {
+                            return Err(io::Error::other(format!(
+                                "{what}: another writer committed {existing} bytes, the upload has {size}"
+                            )));
+                        }
+                        Ok(())
+                    }
+                    other => other,
+                }
             }
             _ => return self.stream_blob(extents, &to, &what).await,
         }
