@@ -130,8 +130,21 @@ pub fn parse_registry(s: &str) -> Result<RegistryRef, String> {
     })
 }
 
-/// `host[:port]`: checked, and whether it is a loopback host (plain HTTP).
+/// `host[:port]` of an image reference: checked, and whether it is a loopback host (plain
+/// HTTP). The host must look like one (a '.', a ':port', or localhost), so `team/app` is
+/// not mistaken for host `team`.
 pub fn parse_host(host: &str) -> Result<(String, bool), String> {
+    let loopback = check_host_port(host)?;
+    if !(host.contains('.') || host.contains(':') || host.eq_ignore_ascii_case("localhost")) {
+        return Err(format!(
+            "{host:?} is not a registry host (a host has a '.' or a ':port', or is localhost); {FORM}"
+        ));
+    }
+    Ok((host.to_string(), loopback))
+}
+
+/// `host[:port]` alone (no user, path, query or fragment): whether it is a loopback host.
+pub fn check_host_port(host: &str) -> Result<bool, String> {
     let url =
         reqwest::Url::parse(&format!("http://{host}")).map_err(|e| format!("registry host {host:?}: {e}"))?;
     let host_name = url.host_str().unwrap_or_default();
@@ -144,18 +157,12 @@ pub fn parse_host(host: &str) -> Result<(String, bool), String> {
     {
         return Err(format!("registry host {host:?} is not host[:port]"));
     }
-    if !(host.contains('.') || host.contains(':') || host_name == "localhost") {
-        return Err(format!(
-            "{host:?} is not a registry host (a host has a '.' or a ':port', or is localhost); {FORM}"
-        ));
-    }
-    let loopback = host_name.eq_ignore_ascii_case("localhost")
+    Ok(host_name.eq_ignore_ascii_case("localhost")
         || host_name
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    Ok((host.to_string(), loopback))
+            .is_ok_and(|ip| ip.is_loopback()))
 }
 
 #[cfg(test)]

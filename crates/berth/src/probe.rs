@@ -93,24 +93,8 @@ pub struct Target {
 fn parse_target(s: &str) -> Result<Target, String> {
     const FORM: &str = "expected host[:port]/repo:tag or host[:port]/repo@sha256:...";
     let (host, rest) = s.split_once('/').ok_or_else(|| format!("{s:?}: {FORM}"))?;
-    let url = reqwest::Url::parse(&format!("http://{host}"))
-        .map_err(|e| format!("{s:?}: registry host {host:?}: {e}"))?;
-    let host_name = url.host_str().unwrap_or_default();
-    if host_name.is_empty()
-        || url.path() != "/"
-        || !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        return Err(format!("{s:?}: registry host {host:?} is not host[:port]"));
-    }
-    let loopback = host_name.eq_ignore_ascii_case("localhost")
-        || host_name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    // Only the form of the host is checked: the first component is always the host here.
+    let loopback = berth_transfer::reference::check_host_port(host).map_err(|e| format!("{s:?}: {e}"))?;
     let (name, reference) = match rest.split_once('@') {
         // `repo:tag@digest` pulls the digest, as docker does.
         Some((name, digest)) => {
