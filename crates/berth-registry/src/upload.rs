@@ -105,6 +105,15 @@ impl Registry {
         Ok(guard)
     }
 
+    /// Runs `work` (a request on upload `id`) while holding the upload, here and across
+    /// replicas, and releases it before the response goes out.
+    async fn while_claimed<T>(&self, id: &UploadId, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let busy = self.claim(id, true).await?;
+        let result = work.await;
+        busy.release().await;
+        result
+    }
+
     /// A hasher for a new upload: one whose state can be saved in the metadata store when
     /// other replicas share it (the next chunk may arrive at any of them), else ring's,
     /// which is faster.
@@ -218,10 +227,8 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let busy = self.claim(id, true).await?;
-        let result = self.append_chunk(repo, id, range, body).await;
-        busy.release().await;
-        result
+        self.while_claimed(id, self.append_chunk(repo, id, range, body))
+            .await
     }
 
     async fn append_chunk<S, E>(
@@ -292,10 +299,8 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let busy = self.claim(id, true).await?;
-        let result = self.finish_claimed(repo, id, digest, body).await;
-        busy.release().await;
-        result
+        self.while_claimed(id, self.finish_claimed(repo, id, digest, body))
+            .await
     }
 
     /// [`Registry::finish_upload`] of an upload the caller has claimed.
@@ -361,13 +366,11 @@ impl Registry {
 
     /// Cancels an upload (DELETE).
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
-        let busy = self.claim(id, true).await?;
-        let result = match self.upload_row(repo, id).await {
-            Ok(_) => self.cancel_upload_row(id).await,
-            Err(e) => Err(e),
-        };
-        busy.release().await;
-        result
+        self.while_claimed(id, async {
+            self.upload_row(repo, id).await?;
+            self.cancel_upload_row(id).await
+        })
+        .await
     }
 
     /// Forgets an upload: its row first, then its area (an area without a row is what
