@@ -610,3 +610,70 @@ pub trait MetaStore:
         false
     }
 }
+
+/// The web UI's listings, one query each, the same SQL on SQLite and PostgreSQL (sums are
+/// cast back to BIGINT, which PostgreSQL would widen to NUMERIC).
+pub(crate) const REPO_SUMMARIES: &str = "WITH
+    m AS (SELECT repo, COUNT(*) AS n, MAX(pushed_at) AS pushed, MAX(last_pulled) AS pulled
+          FROM manifests GROUP BY repo),
+    t AS (SELECT repo, COUNT(*) AS n FROM tags GROUP BY repo),
+    b AS (SELECT l.repo, CAST(SUM(b.size) AS BIGINT) AS bytes FROM repo_blobs l
+          JOIN blobs b ON b.digest = l.digest GROUP BY l.repo)
+    SELECT r.name, CASE r.kind WHEN 'cached' THEN COALESCE(r.upstream, '') END, COALESCE(t.n, 0), m.n,
+           COALESCE(b.bytes, 0), m.pushed, m.pulled
+    FROM repositories r JOIN m ON m.repo = r.name
+    LEFT JOIN t ON t.repo = r.name LEFT JOIN b ON b.repo = r.name
+    ORDER BY r.name";
+
+pub(crate) const CACHED_TAGS: &str =
+    "SELECT t.repo, COALESCE(r.upstream, ''), t.name, t.digest, t.updated_at, t.upstream_checked_at
+     FROM tags t JOIN repositories r ON r.name = t.repo
+     WHERE r.kind = 'cached' ORDER BY t.repo, t.name";
+
+/// `BrowseMeta` for a store with a sqlx `pool` and a `parse_digest` in scope (a macro, as
+/// [`row_cells`]: the row types share no usable trait bound).
+macro_rules! browse_meta_impl {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::meta::BrowseMeta for $store {
+            async fn repository_summaries(&self) -> $crate::Result<Vec<$crate::RepoSummary>> {
+                use sqlx::Row as _;
+                let rows = sqlx::query($crate::meta::REPO_SUMMARIES)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| $crate::RepoSummary {
+                        name: r.get(0),
+                        upstream: r.get(1),
+                        tags: r.get::<i64, _>(2) as u64,
+                        manifests: r.get::<i64, _>(3) as u64,
+                        bytes: r.get::<i64, _>(4) as u64,
+                        last_push: r.get(5),
+                        last_pull: r.get(6),
+                    })
+                    .collect())
+            }
+
+            async fn cached_tags(&self) -> $crate::Result<Vec<$crate::CachedTag>> {
+                use sqlx::Row as _;
+                let rows = sqlx::query($crate::meta::CACHED_TAGS)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok($crate::CachedTag {
+                            repo: r.get(0),
+                            upstream: r.get(1),
+                            tag: r.get(2),
+                            digest: parse_digest(r.get(3))?,
+                            updated_at: r.get(4),
+                            checked_at: r.get(5),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+pub(crate) use browse_meta_impl;

@@ -22,7 +22,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction}
 
 use crate::meta::*;
 use crate::migrate;
-use crate::{CachedTag, Deletion, RepoSummary, StorageStats, TagInfo};
+use crate::{Deletion, StorageStats, TagInfo};
 use crate::{Result, StoreError};
 
 /// Connections per process for queries (coordination locks have their own).
@@ -1304,60 +1304,7 @@ impl Drop for UploadLockHeld {
     }
 }
 
-/// The same listing as SQLite's: one query of grouped scans (`manifests_times` covers the
-/// times); sums are cast back to BIGINT, which PostgreSQL widens to NUMERIC.
-const REPO_SUMMARIES: &str = "WITH
-    m AS (SELECT repo, COUNT(*) AS n, MAX(pushed_at) AS pushed, MAX(last_pulled) AS pulled
-          FROM manifests GROUP BY repo),
-    t AS (SELECT repo, COUNT(*) AS n FROM tags GROUP BY repo),
-    b AS (SELECT l.repo, SUM(b.size)::BIGINT AS bytes FROM repo_blobs l JOIN blobs b ON b.digest = l.digest
-          GROUP BY l.repo)
-    SELECT r.name, CASE r.kind WHEN 'cached' THEN COALESCE(r.upstream, '') END, COALESCE(t.n, 0), m.n,
-           COALESCE(b.bytes, 0), m.pushed, m.pulled
-    FROM repositories r JOIN m ON m.repo = r.name
-    LEFT JOIN t ON t.repo = r.name LEFT JOIN b ON b.repo = r.name
-    ORDER BY r.name";
-
-#[async_trait]
-impl BrowseMeta for PgMeta {
-    async fn repository_summaries(&self) -> Result<Vec<RepoSummary>> {
-        let rows = sqlx::query(REPO_SUMMARIES).fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RepoSummary {
-                name: r.get(0),
-                upstream: r.get(1),
-                tags: r.get::<i64, _>(2) as u64,
-                manifests: r.get::<i64, _>(3) as u64,
-                bytes: r.get::<i64, _>(4) as u64,
-                last_push: r.get(5),
-                last_pull: r.get(6),
-            })
-            .collect())
-    }
-
-    async fn cached_tags(&self) -> Result<Vec<CachedTag>> {
-        let rows = sqlx::query(
-            "SELECT t.repo, COALESCE(r.upstream, ''), t.name, t.digest, t.updated_at, t.upstream_checked_at
-             FROM tags t JOIN repositories r ON r.name = t.repo
-             WHERE r.kind = 'cached' ORDER BY t.repo, t.name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(CachedTag {
-                    repo: r.get(0),
-                    upstream: r.get(1),
-                    tag: r.get(2),
-                    digest: parse_digest(r.get(3))?,
-                    updated_at: r.get(4),
-                    checked_at: r.get(5),
-                })
-            })
-            .collect()
-    }
-}
+browse_meta_impl!(PgMeta);
 
 #[async_trait]
 impl RowCopy for PgMeta {
